@@ -4,14 +4,15 @@
 #   bash launch.sh demo [overrides]   set up, then run the offline demo (P1 -> P2)
 #   bash launch.sh test [pytest args] set up, then run the test suite
 #   bash launch.sh [--dist ddp|zero2|zero3] [--nproc N] [hydra overrides]
-#                                     accelerate launch -m ovis_train on this node (multi-node
-#                                     from NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT or SLURM_*)
+#       accelerate launch -m ovis_train with N processes per node (default: one per GPU, or 1 on CPU).
+#       Multi-node: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, or SLURM_NNODES/SLURM_NODEID/
+#       SLURM_JOB_NODELIST. Example: bash launch.sh --dist zero2 phase=p1 model=demo trainer.max_steps=100
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv="${OVIS_VENV:-$here/.venv}"
 py="$venv/bin/python"
 
-usage() { sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 setup() {
   # torch first: this pin lies on disk here (CPU machines run the CUDA build fine); timm needs
@@ -31,10 +32,50 @@ setup() {
 export WANDB_MODE="${WANDB_MODE:-offline}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$here/.cache/torch_extensions}"
 
+launch() {
+  # Everything not a launcher flag is a Hydra override for ovis_train, handed to every rank.
+  local dist=ddp nproc="" overrides=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --dist) dist="$2"; shift 2 ;;
+      --nproc) nproc="$2"; shift 2 ;;
+      *) overrides+=("$1"); shift ;;
+    esac
+  done
+  case "$dist" in ddp|zero2|zero3) ;; *) echo "launch.sh: --dist must be ddp, zero2 or zero3 (got '$dist')" >&2; exit 2 ;; esac
+
+  # Nodes: explicit NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT win, then SLURM's, then one node.
+  local nnodes="${NNODES:-${SLURM_NNODES:-1}}" node_rank="${NODE_RANK:-${SLURM_NODEID:-0}}"
+  local master_addr="${MASTER_ADDR:-}" master_port="${MASTER_PORT:-29500}"
+  if [[ -z "$master_addr" && -n "${SLURM_JOB_NODELIST:-}" ]]; then
+    master_addr=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  fi
+  master_addr="${master_addr:-127.0.0.1}"
+
+  local gpus
+  gpus=$("$py_run" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+  nproc="${nproc:-$(( gpus > 0 ? gpus : 1 ))}"
+  local total=$(( nproc * nnodes )) args=()
+  if (( gpus == 0 )); then export DS_ACCELERATOR=cpu; fi
+  if (( total > 1 )); then
+    # --multi_gpu also starts several CPU processes (gloo); --cpu would start only one.
+    args+=(--multi_gpu --num_processes "$total" --num_machines "$nnodes" --machine_rank "$node_rank"
+           --main_process_ip "$master_addr" --main_process_port "$master_port")
+  else
+    args+=(--num_processes 1 --num_machines 1)
+  fi
+  [[ "$dist" == ddp ]] || args+=(--use_deepspeed --zero_stage "${dist#zero}")
+  args+=(--mixed_precision no --dynamo_backend no)
+  exec "$py_run" -m accelerate.commands.launch "${args[@]}" -m ovis_train "distributed=$dist" "${overrides[@]}"
+}
+
+# Inside the repo's .venv when it exists; on a cluster, whatever python is active.
+py_run="$py"; [[ -x "$py_run" ]] || py_run=$(command -v python3)
+
 case "${1:-}" in
   -h|--help|help) usage; exit 0 ;;
   setup) setup ;;
   test) shift; setup; cd "$here"; exec "$py" -m pytest "$@" ;;
   demo) shift; setup; cd "$here"; exec "$py" -m ovis_train.demo "$@" ;;
-  *) echo "launch mode not implemented yet; see --help" >&2; exit 2 ;;
+  *) launch "$@" ;;
 esac
