@@ -1,0 +1,59 @@
+"""Data configuration: plain dataclasses so Hydra structured configs and YAML map onto them 1:1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SourceConfig:
+    """One stream of shards.
+
+    urls: a brace pattern (``shards/train-{000..009}.tar``), several joined by ``::``, or a list;
+        local paths, ``file:``, ``http(s)://`` or ``pipe:`` (anything webdataset's ``gopen`` opens).
+    weight: relative sampling weight when several sources are mixed.
+    template: prompt put before a caption; must contain ``<image>`` exactly once (the processor
+        expands it into the model's image placeholder block). Conversation samples ignore it.
+    """
+
+    urls: Any = ""
+    weight: float = 1.0
+    template: str = "<image>\nDescription:\n"
+    name: str = ""
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` config group. Positions in a saved stream state count samples, so batch_size,
+    max_length, templates and weights may change on resume; see ``stream.py`` for what may not."""
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    # held-out shards for split="eval"; read once, in order, with the first source's template
+    eval_urls: Any = None
+    batch_size: int = 8
+    num_workers: int = 0
+    max_length: int = 2048  # tokens; captions/turns are truncated, image blocks never cut
+    caption_eos: bool = False  # P1 (Ovis releases): no EOS after the caption
+    padding_side: str = "right"  # "right" | "left"
+    shuffle: bool = True  # shard order per epoch + block shuffle (train split only)
+    shuffle_buffer: int = 256  # samples per shuffled block (<= 1: keep shard order)
+    seed: int = 0
+    epochs: int | None = None  # train passes over the data; None = endless (epochs advance on their own)
+    max_bad_fraction: float = 0.05  # stop when more than this share of samples is bad ...
+    bad_check_min_samples: int = 200  # ... once at least this many samples were seen (per reader)
+    max_image_pixels: int = 64_000_000  # larger images are skipped (decompression bomb guard; PIL itself
+    # refuses more than 2 x PIL.Image.MAX_IMAGE_PIXELS, ~179M, whatever this says)
+    prefetch_factor: int = 2
+    pin_memory: bool = False
+
+    def __post_init__(self):
+        # Hydra/YAML hand us dicts; accept them so DataConfig(**yaml) also works
+        self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"data.padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        for name, low in (("batch_size", 1), ("max_length", 1), ("num_workers", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"data.max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")

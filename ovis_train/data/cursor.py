@@ -1,0 +1,80 @@
+"""A resumable position in one source, for one reader: shard order per epoch + block shuffle.
+
+The reader's samples of an epoch are its shards in order. They are cut into blocks of
+``block_size`` consecutive samples (a block never crosses an epoch end), and each block is
+permuted with a seed derived from where it starts. The position is therefore four integers,
+``epoch, shard, offset, taken``: the block starts at sample ``offset`` of the reader's
+``shard``-th shard and ``taken`` of its samples were handed out. Restoring re-reads only that
+block (skipping ``offset`` samples of one shard without decoding them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from . import shards as shard_io
+
+
+POSITION_FIELDS = ("epoch", "shard", "offset", "taken")
+
+
+class SourceCursor:
+    def __init__(self, urls: Sequence[str], *, source_index: int, reader: int, n_readers: int, seed: int,
+                 shuffle: bool, block_size: int, epochs: int | None, state: dict | None = None):
+        self.urls, self.source_index, self.reader, self.n_readers = list(urls), source_index, reader, n_readers
+        self.seed, self.shuffle, self.block_size, self.epochs = seed, shuffle, max(1, block_size), epochs
+        state = state or {}
+        self.epoch, self.shard, self.offset, self.taken = (int(state.get(k, 0)) for k in POSITION_FIELDS)
+        self.block: list[dict] | None = None  # loaded lazily, so restoring costs nothing until read
+        self.block_end = (0, 0)
+        self.live: tuple[int, int, Iterator[dict]] | None = None  # open shard: (shard, next offset, samples)
+
+    def state_dict(self) -> dict:
+        return dict(zip(POSITION_FIELDS, (self.epoch, self.shard, self.offset, self.taken)))
+
+    def exhausted(self) -> bool:
+        return self.epochs is not None and self.epoch >= self.epochs
+
+    def next(self) -> dict | None:
+        """The next raw sample, or None when the last epoch is done."""
+        while not self.exhausted():
+            if self.block is None:
+                self.load_block()
+            if self.taken < len(self.block):
+                self.taken += 1
+                return self.block[self.taken - 1]
+            self.shard, self.offset = self.block_end
+            self.taken, self.block = 0, None
+            if self.shard >= len(self.epoch_shards()):
+                self.epoch, self.shard, self.offset = self.epoch + 1, 0, 0
+                if self.epoch_shards() == [] and self.epochs is None:
+                    raise RuntimeError(f"reader {self.reader} owns no shard of source {self.source_index}")
+        return None
+
+    def epoch_shards(self) -> list[str]:
+        return shard_io.shards_for_reader(self.urls, self.reader, self.n_readers, self.epoch, self.seed, self.shuffle)
+
+    def load_block(self) -> None:
+        shards = self.epoch_shards()
+        block, shard, offset = [], self.shard, self.offset
+        while len(block) < self.block_size and shard < len(shards):
+            sample = self.read_one(shards, shard, offset)
+            if sample is None:
+                shard, offset = shard + 1, 0
+                continue
+            block.append(sample)
+            offset += 1
+        if self.shuffle and len(block) > 1:
+            seed = [self.seed, self.source_index, self.epoch, self.reader, self.shard, self.offset]
+            block = [block[i] for i in np.random.default_rng(seed).permutation(len(block))]
+        self.block, self.block_end = block, (shard, offset)
+
+    def read_one(self, shards: list[str], shard: int, offset: int) -> dict | None:
+        """Sample ``offset`` of shard ``shard``, reusing the open shard when reading on sequentially."""
+        if self.live is None or self.live[:2] != (shard, offset):
+            self.live = (shard, offset, shard_io.iter_raw_samples(shards[shard], skip=offset))
+        sample = next(self.live[2], None)
+        self.live = None if sample is None else (shard, offset + 1, self.live[2])
+        return sample

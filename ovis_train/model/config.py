@@ -1,0 +1,90 @@
+"""`ModelConfig`: what to build, as a Hydra-friendly dataclass (plain types; `None` = take the preset's value)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+VISION_KINDS = ("native", "siglip", "siglip2", "clip", "timm")
+CONNECTORS = ("vet", "mlp")
+TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"  # tiny | demo | ovis2_1b | ovis2_2b | ovis2_5_2b (see presets.py)
+    init_from: str | None = None  # an existing Ovis2 / ovis-train export (folder or hub id): load it instead
+    pretrained: bool = True  # False: the preset's shapes with random weights (benchmarks, no download)
+    # language model: hub id or folder of any transformers causal LM; gguf_file names a GGUF file in it
+    llm: str | None = None
+    gguf_file: str | None = None
+    # vision tower: native = transformers' Ovis2 ViT (AIMv2-style); others plug in as its feature extractor
+    vision: str | None = None
+    vision_name_or_path: str | None = None  # HF folder/hub id (native: an AIMv2 vision model), or timm model name
+    vision_weights: str | None = None  # timm only: a state-dict file loaded by position (shape-checked)
+    image_size: int | None = None
+    hidden_stride: int | None = None
+    # visual vocabulary K (VET rows), of which the last num_indicator_tokens are indicator rows
+    visual_vocab_size: int | None = None
+    num_indicator_tokens: int | None = None  # preset's; 5 for Ovis2 (and by default), 4 for Ovis2.5
+    connector: str = "vet"  # vet | mlp (the standard 2-layer projector, for the ablation)
+    tokenize_function: str = "softmax"  # softmax | gumbel_argmax | st_argmax
+    softmax_fp32: bool = True  # visual softmax in fp32 whatever the model dtype (as Ovis2.5 does)
+    max_crops: int | None = None  # Ovis2 multi-crop grid size limit; 1 = one crop per image
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**data)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def validate_config(cfg: ModelConfig) -> None:
+    """Raise a ValueError naming the bad key and the fix. Expects a resolved config (presets applied)."""
+    _require(cfg.vision in VISION_KINDS, f"model.vision={cfg.vision!r}: choose one of {VISION_KINDS}")
+    _require(cfg.connector in CONNECTORS, f"model.connector={cfg.connector!r}: choose one of {CONNECTORS}")
+    _require(
+        cfg.tokenize_function in TOKENIZE_FUNCTIONS,
+        f"model.tokenize_function={cfg.tokenize_function!r}: choose one of {TOKENIZE_FUNCTIONS}",
+    )
+    _require(cfg.dtype in DTYPES, f"model.dtype={cfg.dtype!r}: choose one of {DTYPES}")
+    _require(
+        cfg.num_indicator_tokens is not None and cfg.num_indicator_tokens >= 1,
+        f"model.num_indicator_tokens={cfg.num_indicator_tokens}: must be >= 1 (Ovis2 uses 5, Ovis2.5 uses 4)",
+    )
+    if cfg.connector == "vet":
+        _require(
+            cfg.visual_vocab_size is not None and cfg.visual_vocab_size > cfg.num_indicator_tokens,
+            f"model.visual_vocab_size={cfg.visual_vocab_size} must be larger than "
+            f"model.num_indicator_tokens={cfg.num_indicator_tokens} (the last rows of the VET are indicator rows, "
+            f"the rest are the visual vocabulary): set model.visual_vocab_size to e.g. "
+            f"{max(1024, 2 * cfg.num_indicator_tokens)}",
+        )
+    for key in ("image_size", "hidden_stride", "max_crops"):
+        value = getattr(cfg, key)
+        _require(value is not None and value >= 1, f"model.{key}={value}: must be a positive integer")
+    _require(
+        cfg.gguf_file is None or cfg.llm is not None,
+        "model.gguf_file is set but model.llm is not: set model.llm to the folder that holds the GGUF file",
+    )
+    _require(
+        cfg.vision_weights is None or cfg.vision == "timm",
+        f"model.vision_weights is only for model.vision=timm (got vision={cfg.vision!r}); use "
+        "model.vision_name_or_path for transformers vision models",
+    )

@@ -1,0 +1,148 @@
+"""`OvisModel`: transformers' `Ovis2ForConditionalGeneration` plus what it lacks, by subclassing and
+swapping small modules (state-dict names stay transformers' own, so native exports load anywhere):
+
+- fp32 visual softmax (`softmax_fp32`): the head's LayerNorm returns fp32, so the softmax that follows
+  runs in fp32; the VET casts the probabilities back to its own dtype;
+- `connector="mlp"`: the 2-layer projector ablation. The Ovis2 head gets zero width, the VET keeps only
+  the indicator rows, and `vision_tower.projector` maps the merged ViT features to LLM embeddings;
+- plugged vision backbones (SigLIP, SigLIP2, CLIP, timm) replace `vision_tower.transformer`;
+- a forward without images still touches every visual parameter with weight 0 (DDP / ZeRO need it).
+
+These options live in `config.ovis_train` (a plain dict in config.json that plain transformers ignores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import torch
+from torch import nn
+from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2Model
+from transformers.models.ovis2.modeling_ovis2 import Ovis2VisualEmbeddingTable
+
+DEFAULT_OPTIONS = {"connector": "vet", "softmax_fp32": True, "backbone": None}
+
+
+def ovis_options(config: Ovis2Config) -> dict:
+    """The ovis-train options stored in an Ovis2 config (defaults for plain Ovis2 checkpoints)."""
+    return {**DEFAULT_OPTIONS, **(getattr(config, "ovis_train", None) or {})}
+
+
+class Float32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed and returned in fp32, so the visual softmax after it runs in fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+class VisualEmbeddingTable(Ovis2VisualEmbeddingTable):
+    """The VET, casting (fp32) probabilities to the table's dtype before `probs @ weight`."""
+
+    def forward(self, visual_tokens: torch.Tensor) -> torch.Tensor:
+        if visual_tokens.is_floating_point():
+            visual_tokens = visual_tokens.to(self.weight.dtype)
+        return super().forward(visual_tokens)
+
+
+class ZeroWidthHead(nn.Module):
+    """Stands in for the Ovis2 visual head in mlp mode: no visual vocabulary, no parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., :0]
+
+
+class MlpProjector(nn.Sequential):
+    """The standard 2-layer (LLaVA-style) projector: Linear -> GELU -> Linear."""
+
+    def __init__(self, in_features: int, hidden_size: int):
+        super().__init__(nn.Linear(in_features, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+
+
+def _retype(module: nn.Module, subclass: type) -> None:
+    # Same parameters, subclass behaviour: avoids re-allocating (possibly large) tensors.
+    assert issubclass(subclass, type(module)), (subclass, type(module))
+    module.__class__ = subclass
+
+
+class OvisMultimodalModel(Ovis2Model):
+    """The inner Ovis2Model, with the mlp connector's image features. Generation pre-encodes images
+    through this class's `get_image_features`, so the connector must live here."""
+
+    connector = "vet"
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
+        if self.connector == "vet":
+            return super().get_image_features(pixel_values=pixel_values, **kwargs)
+        kwargs["return_dict"] = True
+        outputs = self.vision_tower(pixel_values, **kwargs)
+        outputs.pooler_output = self.vision_tower.projector(outputs.last_hidden_state)
+        table = self.visual_embeddings_table  # in mlp mode it holds only the indicator rows
+        outputs.visual_indicator_features = table(torch.arange(table.num_embeddings, device=table.weight.device))
+        return outputs
+
+
+class OvisModel(Ovis2ForConditionalGeneration):
+    def __init__(self, config: Ovis2Config):
+        options = ovis_options(config)
+        with warnings.catch_warnings():  # mlp mode builds a zero-width head before replacing it
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            super().__init__(config)
+        _retype(self.model, OvisMultimodalModel)
+        self.model.connector = options["connector"]
+        tower = self.model.vision_tower
+        if options["backbone"] is not None:
+            from .backbones import build_backbone
+
+            tower.transformer = build_backbone(options["backbone"])
+        if options["connector"] == "mlp":
+            merged_dim = tower.head_linear.in_features
+            tower.head_linear, tower.head_norm = ZeroWidthHead(), nn.Identity()
+            tower.projector = MlpProjector(merged_dim, config.hidden_size)
+        elif options["softmax_fp32"]:
+            _retype(tower.head_norm, Float32LayerNorm)
+        _retype(self.model.visual_embeddings_table, VisualEmbeddingTable)
+
+    def _image_free_touch(self) -> torch.Tensor:
+        """0-weighted sum over the visual path run on one blank crop: gives every visual parameter a grad."""
+        vision = self.config.vision_config
+        blank = torch.zeros(1, vision.num_channels, vision.image_size, vision.image_size, device=self.device)
+        features = self.get_image_features(blank.to(self.dtype))
+        return 0.0 * (features.pooler_output.float().sum() + features.visual_indicator_features.float().sum())
+
+    def forward(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        attention_mask=None,
+        labels=None,
+        logits_to_keep=0,
+        mm_encoder_outputs=None,
+        **kwargs,
+    ):
+        touch = None
+        if pixel_values is None and mm_encoder_outputs is None and torch.is_grad_enabled():
+            touch = self._image_free_touch()
+        outputs = super().forward(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, labels=labels,
+            logits_to_keep=logits_to_keep, mm_encoder_outputs=mm_encoder_outputs, **kwargs,
+        )
+        if touch is not None:
+            outputs.logits = outputs.logits + touch.to(outputs.logits.dtype)
+            if outputs.loss is not None:
+                outputs.loss = outputs.loss + touch
+        return outputs
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:  # name the transformers class, so plain transformers tools recognise the folder
+            path = os.path.join(save_directory, "config.json")
+            with open(path) as f:
+                config = json.load(f)
+            config["architectures"] = [Ovis2ForConditionalGeneration.__name__]
+            with open(path, "w") as f:
+                json.dump(config, f, indent=2, sort_keys=True)
+                f.write("\n")
