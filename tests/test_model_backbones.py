@@ -136,6 +136,9 @@ def test_pretrained_hf_backbone_gives_last_block_features_before_the_final_norm(
     if vision != "clip":  # SigLIP's last_hidden_state went through the final norm; CLIP only norms the CLS
         assert not torch.allclose(ours, theirs.last_hidden_state)
     assert not any("post_layernorm" in n or ".head." in n for n in model_components(bundle.model)["vit"])
+    if vision != "siglip2":  # a fixed-resolution ViT cannot silently run at another size
+        with pytest.raises(ValueError, match="trained at image_size=64: set model.image_size=64"):
+            build_model(ModelConfig(preset="tiny", vision=vision, vision_name_or_path=str(tmp_path), image_size=96))
 
 
 def test_mlp_connector_with_plugged_backbone_touches_every_visual_parameter_without_images():

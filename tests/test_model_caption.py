@@ -30,7 +30,7 @@ def taught_model(tmp_path_factory):
     labels[:, :prompt_len] = -100
     labels[batch["attention_mask"] == 0] = -100
     model = bundle.model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(150):
         loss = model(**batch, labels=labels).loss
         loss.backward()

@@ -88,11 +88,13 @@ class HFVisionBackbone(VisionBackbone):
         return BaseModelOutput(last_hidden_state=hidden)
 
 
-def _hf_config(kind: str, config: dict):
+def _hf_config(kind: str, config: dict, attn_implementation: str | None = None):
     config_cls = HF_BACKBONES[kind][0]
     config = config_cls.from_dict(config)
     if kind != "clip":
         config.vision_use_head = False  # the pooling head would be an unused parameter set
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
     return config
 
 
@@ -107,7 +109,9 @@ def hf_backbone_config(kind: str, image_size: int, shape: dict) -> dict:
     return HF_BACKBONES[kind][0](**config).to_dict()
 
 
-def load_hf_backbone(kind: str, name_or_path: str, image_size: int, dtype=None) -> HFVisionBackbone:
+def load_hf_backbone(
+    kind: str, name_or_path: str, image_size: int, dtype=None, attn_implementation: str | None = None
+) -> HFVisionBackbone:
     config_cls, model_cls = HF_BACKBONES[kind]
     config = config_cls.from_pretrained(name_or_path)
     # siglip2 interpolates its position table to any grid; the others are tied to their training size
@@ -116,7 +120,8 @@ def load_hf_backbone(kind: str, name_or_path: str, image_size: int, dtype=None) 
             f"{name_or_path} is trained at image_size={config.image_size}: set model.image_size={config.image_size} "
             f"(got {image_size}); only siglip2 interpolates its position embeddings"
         )
-    model = model_cls.from_pretrained(name_or_path, config=_hf_config(kind, config.to_dict()), dtype=dtype)
+    config = _hf_config(kind, config.to_dict(), attn_implementation)
+    model = model_cls.from_pretrained(name_or_path, config=config, dtype=dtype)
     return HFVisionBackbone(kind, model)
 
 
@@ -179,9 +184,9 @@ class TimmBackbone(VisionBackbone):
         return BaseModelOutput(last_hidden_state=features)
 
 
-def build_backbone(spec: dict) -> VisionBackbone:
+def build_backbone(spec: dict, attn_implementation: str | None = None) -> VisionBackbone:
     """Rebuild a backbone (random weights) from its spec; weights are then loaded by the caller."""
     if spec["kind"] == "timm":
         return TimmBackbone(spec["model_name"])
     kind = spec["kind"]
-    return HFVisionBackbone(kind, HF_BACKBONES[kind][1](_hf_config(kind, spec["config"])))
+    return HFVisionBackbone(kind, HF_BACKBONES[kind][1](_hf_config(kind, spec["config"], attn_implementation)))

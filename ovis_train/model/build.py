@@ -49,7 +49,7 @@ def build_model(cfg: ModelConfig | Mapping) -> ModelBundle:
     model = OvisModel(config)
     # pretrained parts replace the freshly built (random) ones: no copy, no second allocation
     if lm is not None:
-        model.model.language_model, model.lm_head = lm.model, lm.lm_head
+        model.model.language_model, model.lm_head = lm.base_model, lm.get_output_embeddings()
     if backbone is not None:
         model.model.vision_tower.transformer = backbone
     elif cfg.vision_name_or_path and cfg.pretrained:

@@ -97,7 +97,7 @@ class OvisModel(Ovis2ForConditionalGeneration):
         if options["backbone"] is not None:
             from .backbones import build_backbone
 
-            tower.transformer = build_backbone(options["backbone"])
+            tower.transformer = build_backbone(options["backbone"], config._attn_implementation)
         if options["connector"] == "mlp":
             merged_dim = tower.head_linear.in_features
             tower.head_linear, tower.head_norm = ZeroWidthHead(), nn.Identity()

@@ -30,13 +30,16 @@ def make_backbone(cfg: ModelConfig, preset: Preset, dtype: torch.dtype) -> Visio
             backbone.load_weights_by_position(cfg.vision_weights)
         return backbone
     if cfg.vision_name_or_path and cfg.pretrained:
-        return load_hf_backbone(cfg.vision, cfg.vision_name_or_path, cfg.image_size, dtype=dtype)
+        return load_hf_backbone(
+            cfg.vision, cfg.vision_name_or_path, cfg.image_size, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
     if not preset.vision_shape:
         raise ValueError(
             f"model.vision={cfg.vision} with random weights needs shapes the preset {cfg.preset!r} does not have: "
             "set model.vision_name_or_path to a pretrained model, or use preset=tiny"
         )
-    return build_backbone({"kind": cfg.vision, "config": hf_backbone_config(cfg.vision, cfg.image_size, preset.vision_shape)})
+    spec = {"kind": cfg.vision, "config": hf_backbone_config(cfg.vision, cfg.image_size, preset.vision_shape)}
+    return build_backbone(spec, cfg.attn_implementation)
 
 
 def _native_shape(cfg: ModelConfig, preset: Preset) -> dict:
