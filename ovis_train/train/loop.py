@@ -1,0 +1,244 @@
+"""One training phase, top to bottom: model -> freeze -> accelerator -> data -> optimizer -> resume ->
+steps (log, evaluate, checkpoint) -> export.
+
+The loss of an optimizer step is the sum of token losses over every micro-batch on every rank,
+divided by the number of supervised tokens in that whole global batch (so a short caption weighs
+as much per token as a long one, whatever micro-batch it falls in). Each micro-batch's backward
+therefore carries ``token_loss_sum * grad_accum * world_size / global_tokens``: Accelerate (or
+DeepSpeed) divides by ``grad_accum`` and DDP / ZeRO average over ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+
+from ovis_train.data import IGNORE_INDEX, build_stream
+from ovis_train.model import build_model, model_components
+from ovis_train.train.checkpoint import resolve_resume
+from ovis_train.train.config import Config
+from ovis_train.train.distributed import (
+    accelerator_session,
+    all_reduce_min,
+    all_reduce_sum,
+    broadcast_from_main,
+    gathered_parameters,
+)
+from ovis_train.train.errors import ConfigError
+from ovis_train.train.freeze import resolve_freeze
+from ovis_train.train.metrics import RunLogger, VetHealth
+from ovis_train.train.optim import build_optimizer, build_scheduler
+from ovis_train.train.state import CONFIG_FILE, Seen, TrainState, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+EXPORT_DIR = "export"
+
+
+def train(cfg: Config) -> Path:
+    """Run (or resume) one phase; returns its run directory."""
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # it reports every file it saves at INFO
+    t = cfg.trainer
+    set_seed(t.seed)  # same initial weights on every rank
+    bundle = _build_bundle(cfg)
+    plan = resolve_freeze(bundle.model, cfg.phase.rules, model_components(bundle.model), t.lr, t.weight_decay)
+    plan.apply()
+    if t.grad_checkpointing:  # non-reentrant: gradients flow even when the first layers are frozen
+        bundle.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+    with accelerator_session(cfg) as accelerator:  # released even on errors (sweeps run members in-process)
+        cfg = dataclasses.replace(cfg, run_dir=broadcast_from_main(accelerator, cfg.run_dir))
+        run_dir = Path(cfg.run_dir)
+        resume_from = resolve_resume(cfg.resume, run_dir)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        stream = _user_error("data", build_stream, cfg.data, bundle, rank, world, "train")
+        optimizer = build_optimizer(plan, t)
+        scheduler = build_scheduler(optimizer, t)
+        model, optimizer, scheduler = accelerator.prepare(bundle.model, optimizer, scheduler)
+        model.train()  # from_pretrained leaves models in eval mode (no dropout, no gradient checkpointing)
+
+        state = TrainState(world_size=world)
+        if resume_from is not None:
+            state = load_checkpoint(accelerator, resume_from, stream)
+        config_yaml = _save_run_config(accelerator, cfg, run_dir)
+        if accelerator.is_main_process:
+            print(f"run_dir: {run_dir}" + (f" (resumed from {resume_from.name})" if resume_from else ""))
+            print(plan.table, flush=True)
+
+        logger = RunLogger(accelerator, cfg, run_dir, state.step, _config_dict(config_yaml))
+        health = VetHealth(bundle.model)
+        trainable = [p for group in plan.trainable_groups for p in group.params]
+        batches = iter(stream)
+        last_step = min(t.max_steps, t.stop_at_step or t.max_steps)
+        saved_step = state.step if resume_from else None
+        data_ended = False
+        while state.step < last_step:
+            health.collecting = t.vet_health_every > 0
+            start = time.perf_counter()
+            micro_batches, data_wait = _next_micro_batches(batches, t.grad_accum)
+            if all_reduce_sum(accelerator, [len(micro_batches) < t.grad_accum])[0] > 0:
+                log.warning("the data stream ended on some rank at step %d; the phase ends there", state.step)
+                data_ended = True
+                break
+            lrs = _lrs(optimizer)  # the ones this step uses
+            loss, grad_norm, seen = train_step(
+                accelerator, model, optimizer, scheduler, trainable, micro_batches, t.clip
+            )
+            health.collecting = False
+            state.step += 1
+            state.add(seen)
+            seconds = time.perf_counter() - start
+            metrics = {"loss": loss, "grad_norm": grad_norm, **lrs, "step_seconds": seconds,
+                       "data_wait": data_wait / seconds, "tokens_per_s": seen.tokens / seconds,
+                       "images_per_s": seen.images / seconds}
+            if t.vet_health_every and state.step % t.vet_health_every == 0:
+                metrics.update(health.summary(accelerator, _visual_vocab(bundle.model)))
+            if t.eval_every and state.step % t.eval_every == 0:
+                metrics["eval/loss"] = _evaluate(accelerator, model, cfg, bundle)
+            logger.log(state.step, metrics)
+            if t.save_every and state.step % t.save_every == 0:
+                save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
+                saved_step = state.step
+
+        if saved_step != state.step:
+            save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
+        if t.export and (state.step >= t.max_steps or data_ended):
+            _export(accelerator, bundle, run_dir / EXPORT_DIR)
+        logger.close()
+        health.close()
+    return run_dir
+
+
+def _build_bundle(cfg: Config):
+    if cfg.init_from and cfg.model.init_from and cfg.init_from != cfg.model.init_from:
+        raise ConfigError(f"init_from={cfg.init_from} and model.init_from={cfg.model.init_from} disagree; set one")
+    model_cfg = cfg.model.replace(init_from=cfg.init_from or cfg.model.init_from)
+    return _user_error("model", build_model, model_cfg)
+
+
+def _user_error(what: str, build, *args):
+    """Builders report bad settings as ValueError / FileNotFoundError: those are config errors here."""
+    try:
+        return build(*args)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"{what}: {e}".replace("\n", " ")) from e
+
+
+def _next_micro_batches(batches, n: int) -> tuple[list[dict], float]:
+    out, waited = [], 0.0
+    for _ in range(n):
+        start = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - start
+        if batch is None:
+            break
+        out.append(batch)
+    return out, waited
+
+
+def train_step(accelerator, model, optimizer, scheduler, trainable, micro_batches, clip):
+    """One optimizer step over ``micro_batches``; returns (loss, grad norm, global counts)."""
+    seen = all_reduce_sum(accelerator, _count(micro_batches))
+    seen = Seen(*(int(v) for v in seen))
+    scale = len(micro_batches) * accelerator.num_processes / seen.supervised_tokens  # module docstring
+    loss_sum, grad_norm = 0.0, float("nan")
+    for batch in micro_batches:
+        with accelerator.accumulate(model):
+            token_loss = _token_loss_sum(model, batch, accelerator.device)
+            accelerator.backward(token_loss * scale)
+            loss_sum += float(token_loss.detach())
+            if accelerator.sync_gradients:
+                grad_norm = float(accelerator.clip_grad_norm_(trainable, clip or math.inf))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    if not accelerator.sync_gradients:
+        raise RuntimeError("gradient accumulation went out of step with the optimizer; please report this")
+    scheduler.step()
+    loss = float(all_reduce_sum(accelerator, [loss_sum])[0]) / seen.supervised_tokens
+    return loss, grad_norm, seen
+
+
+def _count(micro_batches) -> list[int]:
+    """This rank's (supervised tokens, tokens, images, samples), in ``Seen`` order."""
+    return [
+        sum(_supervised(b["labels"]) for b in micro_batches),
+        sum(int(b["attention_mask"].sum()) for b in micro_batches),
+        sum(int(b.get("n_images", 0)) for b in micro_batches),
+        sum(len(b["input_ids"]) for b in micro_batches),
+    ]
+
+
+def _supervised(labels: torch.Tensor) -> int:
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def _token_loss_sum(model, batch: dict, device) -> torch.Tensor:
+    """Sum (not mean) of next-token losses; logits only where the next token carries loss."""
+    inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+    targets = batch["labels"][:, 1:].to(device)
+    keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    return F.cross_entropy(
+        logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+@torch.no_grad()
+def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
+    """Token-weighted loss over the first ``eval_batches`` held-out batches of every rank."""
+    stream = _user_error("data (eval)", build_stream, cfg.data, bundle, accelerator.process_index,
+                         accelerator.num_processes, "eval")
+    batches = []
+    for batch in stream:
+        batches.append(batch)
+        if len(batches) == cfg.trainer.eval_batches:
+            break
+    n = all_reduce_min(accelerator, len(batches))  # ZeRO-3 forwards are collective: same count everywhere
+    model.eval()
+    loss_sum = sum(float(_token_loss_sum(model, b, accelerator.device)) for b in batches[:n])
+    model.train()
+    totals = all_reduce_sum(accelerator, [loss_sum, sum(_supervised(b["labels"]) for b in batches[:n])])
+    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+
+
+def _lrs(optimizer) -> dict:
+    return {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}
+
+
+def _visual_vocab(model) -> int:
+    tower = model.config.vision_config
+    return tower.vocab_size - tower.num_visual_indicator_tokens
+
+
+def _save_run_config(accelerator, cfg: Config, run_dir: Path) -> str:
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(text)
+    accelerator.wait_for_everyone()
+    return text
+
+
+def _config_dict(config_yaml: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(config_yaml)
+
+
+def _export(accelerator, bundle, path: Path) -> None:
+    """The phase's result as a from_pretrained folder; the next phase starts from it (init_from)."""
+    with gathered_parameters(accelerator, bundle.model):
+        if accelerator.is_main_process:
+            bundle.save_pretrained(str(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        print(f"exported: {path}", flush=True)

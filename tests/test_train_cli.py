@@ -1,0 +1,55 @@
+"""`python -m ovis_train`: configuration mistakes end with one clear line and leave no checkpoint."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(tmp_path, *overrides, logger="none", wandb_mode="disabled"):
+    env = {**os.environ, "OVIS_TRAIN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": wandb_mode, "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache")}
+    if wandb_mode is None:
+        del env["WANDB_MODE"]
+    return subprocess.run(
+        [sys.executable, "-m", "ovis_train", *overrides, f"logger={logger}", f"run_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("phase.rules.0.match=re:nothing\\..*", "matches no parameter"),
+        ("trainer.max_stepz=3", "Key 'max_stepz' not in 'TrainerConfig'"),
+        ("model.visual_vocab_size=5", "model.visual_vocab_size=5 must be larger than model.num_indicator_tokens=5"),
+    ],
+)
+def test_config_mistakes_end_with_one_error_line_and_no_checkpoint(tmp_path, override, message):
+    result = run_cli(tmp_path, override, "trainer.max_steps=2")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ovis-train: error: ") and message in last
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_short_run_from_the_command_line_logs_to_wandb_offline(tmp_path):
+    result = run_cli(tmp_path, "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_last=1",
+                     logger="wandb", wandb_mode=None)  # no WANDB_MODE, no key, no network: offline
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002"]
+    assert (run / "config.yaml").is_file() and (run / "export" / "model.safetensors").is_file()
+    assert "visual_head" in result.stdout and "trainable" in result.stdout  # the per-component table
+    assert list((run / "wandb").glob("offline-run-*"))
+
+
+def test_a_sweep_gets_one_run_directory_per_member(tmp_path):
+    result = run_cli(tmp_path, "-m", "model.visual_vocab_size=64,128", "trainer.max_steps=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for k in (64, 128):
+        member = tmp_path / "run" / f"model.visual_vocab_size={k},trainer.max_steps=1"
+        assert (member / "export" / "model.safetensors").is_file()
+        assert f"visual_vocab_size: {k}" in (member / "config.yaml").read_text()
