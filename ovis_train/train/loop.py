@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import set_seed
 
-from ovis_train.data import IGNORE_INDEX, build_stream
+from ovis_train.data import build_stream
 from ovis_train.model import build_model, model_components
 from ovis_train.train.checkpoint import resolve_resume
 from ovis_train.train.config import Config
@@ -33,12 +32,12 @@ from ovis_train.train.distributed import (
 )
 from ovis_train.train.errors import ConfigError
 from ovis_train.train.freeze import resolve_freeze
+from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth
 from ovis_train.train.optim import build_optimizer, build_scheduler
 from ovis_train.train.state import CONFIG_FILE, Seen, TrainState, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 EXPORT_DIR = "export"
 
 
@@ -151,7 +150,7 @@ def train_step(accelerator, model, optimizer, scheduler, trainable, micro_batche
     loss_sum, grad_norm = 0.0, float("nan")
     for batch in micro_batches:
         with accelerator.accumulate(model):
-            token_loss = _token_loss_sum(model, batch, accelerator.device)
+            token_loss = token_loss_sum(model, batch, accelerator.device)
             accelerator.backward(token_loss * scale)
             loss_sum += float(token_loss.detach())
             if accelerator.sync_gradients:
@@ -168,26 +167,11 @@ def train_step(accelerator, model, optimizer, scheduler, trainable, micro_batche
 def _count(micro_batches) -> list[int]:
     """This rank's (supervised tokens, tokens, images, samples), in ``Seen`` order."""
     return [
-        sum(_supervised(b["labels"]) for b in micro_batches),
+        sum(supervised_tokens(b["labels"]) for b in micro_batches),
         sum(int(b["attention_mask"].sum()) for b in micro_batches),
         sum(int(b.get("n_images", 0)) for b in micro_batches),
         sum(len(b["input_ids"]) for b in micro_batches),
     ]
-
-
-def _supervised(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
-
-
-def _token_loss_sum(model, batch: dict, device) -> torch.Tensor:
-    """Sum (not mean) of next-token losses; logits only where the next token carries loss."""
-    inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
-    targets = batch["labels"][:, 1:].to(device)
-    keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    return F.cross_entropy(
-        logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
 
 
 @torch.no_grad()
@@ -202,9 +186,9 @@ def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
             break
     n = all_reduce_min(accelerator, len(batches))  # ZeRO-3 forwards are collective: same count everywhere
     model.eval()
-    loss_sum = sum(float(_token_loss_sum(model, b, accelerator.device)) for b in batches[:n])
+    loss_sum = sum(float(token_loss_sum(model, b, accelerator.device)) for b in batches[:n])
     model.train()
-    totals = all_reduce_sum(accelerator, [loss_sum, sum(_supervised(b["labels"]) for b in batches[:n])])
+    totals = all_reduce_sum(accelerator, [loss_sum, sum(supervised_tokens(b["labels"]) for b in batches[:n])])
     return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
 
 
