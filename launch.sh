@@ -55,18 +55,16 @@ launch() {
   local gpus
   gpus=$("$py_run" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
   nproc="${nproc:-$(( gpus > 0 ? gpus : 1 ))}"
-  local total=$(( nproc * nnodes )) args=()
+  local total=$(( nproc * nnodes ))
   if (( gpus == 0 )); then export DS_ACCELERATOR=cpu; fi
-  if (( total > 1 )); then
-    # --multi_gpu also starts several CPU processes (gloo); --cpu would start only one.
-    args+=(--multi_gpu --num_processes "$total" --num_machines "$nnodes" --machine_rank "$node_rank"
-           --main_process_ip "$master_addr" --main_process_port "$master_port")
-  else
-    args+=(--num_processes 1 --num_machines 1)
+  if (( total == 1 )); then
+    exec "$py_run" -m ovis_train "distributed=$dist" "${overrides[@]}"
   fi
-  [[ "$dist" == ddp ]] || args+=(--use_deepspeed --zero_stage "${dist#zero}")
-  args+=(--mixed_precision no --dynamo_backend no)
-  exec "$py_run" -m accelerate.commands.launch "${args[@]}" -m ovis_train "distributed=$dist" "${overrides[@]}"
+  # --multi_gpu also starts several CPU processes (gloo); --cpu would start only one. DeepSpeed's
+  # settings come from conf/distributed/<dist>.yaml, not from launcher flags.
+  exec "$py_run" -m accelerate.commands.launch --multi_gpu --num_processes "$total" --num_machines "$nnodes" \
+    --machine_rank "$node_rank" --main_process_ip "$master_addr" --main_process_port "$master_port" \
+    --mixed_precision no --dynamo_backend no -m ovis_train "distributed=$dist" "${overrides[@]}"
 }
 
 # Inside the repo's .venv when it exists; on a cluster, whatever python is active.
