@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = REPO / "data" / "shards"
 BUILDERS = {"fashion_mnist": "fashion-mnist", "mnist_5k": "mnist-5k"}  # conf/data/<name>.yaml -> make_shards kind
@@ -34,9 +36,9 @@ P1 = [
 # P2: everything trains, from the P1 export; the pretrained LLM and image encoder with small steps.
 P2 = [
     "phase=p2", "trainer.lr=1e-4", "trainer.warmup_ratio=0.05",
-    "phase.rules=[{match: vit, trainable: true, lr: 1e-4}, {match: visual_head, trainable: true},"
-    " {match: vet, trainable: true}, {match: lm_head, trainable: true, lr: 2e-5},"
-    " {match: llm, trainable: true, lr: 2e-5}]",
+    "phase.rules=[{match: vit, trainable: true, lr: 5e-5}, {match: visual_head, trainable: true},"
+    " {match: vet, trainable: true}, {match: lm_head, trainable: true, lr: 1e-5},"
+    " {match: llm, trainable: true, lr: 1e-5}]",
 ]
 
 
@@ -80,8 +82,9 @@ def score(bundle_or_path, heldout: str, template: str, n: int) -> dict:
     from ovis_train.model import load_model
 
     bundle = load_model(bundle_or_path) if isinstance(bundle_or_path, (str, Path)) else bundle_or_path
-    acc = caption_accuracy(bundle, heldout, limit=n, prompt=template)
-    loss = heldout_loss(bundle, heldout, template, limit=n)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the phases train (trainer.bf16=true)
+        acc = caption_accuracy(bundle, heldout, limit=n, prompt=template)
+        loss = heldout_loss(bundle, heldout, template, limit=n, caption_eos=True)  # as trained
     return {"caption_accuracy": acc.accuracy, "heldout_loss": loss, "n": acc.n, "examples": acc.examples[:5]}
 
 
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     heldout, template = data.eval_urls, data.sources[0].template
     common = [
         f"model={args.model}", f"data={dataset}", f"data.batch_size={args.batch_size}", f"data.seed={args.seed}",
-        f"trainer.seed={args.seed}", "trainer.bf16=true", "trainer.eval_every=0", "trainer.save_every=0",
+        # captions end with EOS so that greedy captions end where the reference does
+        "data.caption_eos=true", f"trainer.seed={args.seed}", "trainer.bf16=true", "trainer.eval_every=0", "trainer.save_every=0",
         "logger=none", *args.overrides,
     ]
     from ovis_train.model import ModelConfig, build_model

@@ -66,14 +66,16 @@ def caption_accuracy(bundle, urls, limit: int = 200, prompt: str = DEFAULT_PROMP
 
 
 @torch.no_grad()
-def heldout_loss(bundle, urls, template: str = DEFAULT_PROMPT, limit: int = 200, batch_size: int = 32) -> float:
+def heldout_loss(bundle, urls, template: str = DEFAULT_PROMPT, limit: int = 200, batch_size: int = 32,
+                 caption_eos: bool = False) -> float:
     """Mean next-token loss per caption token over the first `limit` held-out samples."""
     from ovis_train.data import DataConfig, SourceConfig, build_stream
     from ovis_train.train.loss import supervised_tokens, token_loss_sum
 
     # whole batches that add up to exactly `limit` samples (the held-out stream reads shards in order)
     batch_size = math.gcd(limit, batch_size)
-    cfg = DataConfig(sources=[SourceConfig(urls=urls, template=template)], eval_urls=urls, batch_size=batch_size)
+    cfg = DataConfig(sources=[SourceConfig(urls=urls, template=template)], eval_urls=urls, batch_size=batch_size,
+                     caption_eos=caption_eos)
     model = bundle.model.eval()
     loss_sum, tokens, samples = 0.0, 0, 0
     for batch in build_stream(cfg, bundle, split="eval"):

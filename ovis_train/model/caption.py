@@ -47,6 +47,8 @@ def caption(
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        # P1 trains captions without EOS: end each one at `stop` instead of running to max_new_tokens
+        **(dict(stop_strings=[stop], tokenizer=tokenizer) if stop else {}),
         **sampling,
     )
     texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
