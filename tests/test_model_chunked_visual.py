@@ -93,3 +93,87 @@ def test_chunked_matches_plain_under_bf16_autocast():
     for grad, plain in zip(grads, plain_grads):
         assert grad.dtype == torch.float32
         torch.testing.assert_close(grad, plain, rtol=2e-2, atol=2e-2)
+
+
+def test_chunked_image_features_match_the_model():
+    """On a tiny Ovis model: the chunked features (ViT -> merge -> chunked head/VET) equal
+    transformers' get_image_features, values and gradients."""
+    from ovis_train.model import ModelConfig, build_model
+    from ovis_train.model.chunked_visual import chunked_image_features
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny")).model
+    inner = model.model
+    pixels = torch.randn(3, 3, 64, 64)
+
+    def features_and_grads(chunk_size):
+        model.zero_grad(set_to_none=True)
+        if chunk_size is None:
+            out = inner.get_image_features(pixel_values=pixels)
+        else:
+            out = chunked_image_features(inner, pixels, chunk_size)
+        weights = torch.linspace(-1, 1, out.pooler_output.numel()).reshape(out.pooler_output.shape)
+        ((out.pooler_output * weights).sum() + out.visual_indicator_features.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    plain, plain_grads = features_and_grads(None)
+    chunked, grads = features_and_grads(5)  # 3 images x 16 tokens = 48 tokens: 5 does not divide
+    torch.testing.assert_close(chunked.pooler_output, plain.pooler_output, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked.visual_indicator_features, plain.visual_indicator_features)
+    assert grads.keys() == plain_grads.keys() and any("head_linear" in n for n in grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("chunk_size", [None, 6])
+def test_observer_sees_every_token_probabilities(chunk_size):
+    head, norm, table = visual_parts()
+    features = torch.randn(2, 9, 24)
+    seen = []
+    visual_embeddings(features, head, norm, table, N_INDICATORS, chunk_size, observe=seen.append)
+    probs = torch.cat(seen)
+    assert probs.shape == (18, 100 - N_INDICATORS) and not probs.requires_grad
+    torch.testing.assert_close(probs.sum(-1), torch.ones(18))
+
+
+def _has_chunk_option():
+    import dataclasses
+
+    from ovis_train.model import ModelConfig
+
+    return "visual_chunk_size" in {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+@pytest.mark.skipif(not _has_chunk_option(), reason="model.visual_chunk_size not wired yet")
+def test_model_visual_chunk_size_gives_the_same_loss_and_gradients():
+    from PIL import Image
+
+    from ovis_train.model import ModelConfig, build_model
+
+    def loss_and_grads(chunk_size):
+        torch.manual_seed(0)
+        bundle = build_model(ModelConfig(preset="tiny", visual_chunk_size=chunk_size))
+        images = [Image.new("RGB", (64, 64), (200, 30 * i, 40)) for i in range(3)]
+        inputs = bundle.processor(text=["<image>\na red one", "<image> and <image> two"], images=images,
+                                  return_tensors="pt", padding=True)
+        out = bundle.model(**inputs, labels=inputs["input_ids"])
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad for n, p in bundle.model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = loss_and_grads(None)
+    loss, grads = loss_and_grads(7)  # 3 images x 16 tokens: 7 does not divide 48
+    torch.testing.assert_close(loss, plain_loss)
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.skipif(not _has_chunk_option(), reason="model.visual_chunk_size not wired yet")
+def test_visual_chunk_size_needs_the_softmax_vet_path():
+    from ovis_train.model import ModelConfig, build_model
+
+    for bad in (dict(visual_chunk_size=0), dict(visual_chunk_size=8, tokenize_function="gumbel_argmax"),
+                dict(visual_chunk_size=8, connector="mlp"), dict(visual_chunk_size=8, softmax_fp32=False)):
+        with pytest.raises(ValueError, match="visual_chunk_size"):
+            build_model(ModelConfig(preset="tiny", **bad))

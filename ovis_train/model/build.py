@@ -42,6 +42,7 @@ def build_model(cfg: ModelConfig | Mapping) -> ModelBundle:
         ovis_train={
             "connector": cfg.connector,
             "softmax_fp32": cfg.softmax_fp32,
+            "visual_chunk_size": cfg.visual_chunk_size,
             "backbone": backbone.spec if backbone is not None else None,
         },
     )

@@ -20,6 +20,9 @@ The chunked path computes LayerNorm and softmax in fp32 (as Ovis2.5 and ovis-tra
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -57,7 +60,7 @@ class ChunkedVisualPath(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, norm_weight, norm_bias, table, eps: float, n_indicators: int, chunk_size: int,
-                mm_dtype: torch.dtype):
+                mm_dtype: torch.dtype, observe):
         ctx.save_for_backward(x, weight, norm_weight, norm_bias, table)
         ctx.eps, ctx.chunk_size, ctx.mm_dtype = eps, chunk_size, mm_dtype
         with torch.autocast(x.device.type, enabled=False):
@@ -67,6 +70,8 @@ class ChunkedVisualPath(torch.autograd.Function):
             out = x.new_empty(x.shape[0], table.shape[1], dtype=mm_dtype)
             for start in range(0, x.shape[0], chunk_size):
                 probs = _head(x_mm[start: start + chunk_size], weight_mm, norm_weight, norm_bias, eps)[0]
+                if observe is not None:
+                    observe(probs)
                 torch.matmul(probs.to(mm_dtype), visual_rows, out=out[start: start + chunk_size])
         return out
 
@@ -74,7 +79,7 @@ class ChunkedVisualPath(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         with torch.autocast(grad_out.device.type, enabled=False):
-            return ChunkedVisualPath._backward(ctx, grad_out) + (None, None, None, None)
+            return ChunkedVisualPath._backward(ctx, grad_out) + (None,) * 5
 
     @staticmethod
     def _backward(ctx, grad_out):
@@ -119,11 +124,18 @@ class ChunkedVisualPath(torch.autograd.Function):
 
 
 def visual_embeddings(features: torch.Tensor, head_linear: nn.Linear, head_norm: nn.LayerNorm, table: torch.Tensor,
-                      n_indicators: int, chunk_size: int | None = None) -> torch.Tensor:
+                      n_indicators: int, chunk_size: int | None = None,
+                      observe: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Merged ViT features `[..., D]` -> visual embeddings `[..., H]`. `table` is the VET weight `[K, H]`
-    (the last `n_indicators` rows are indicator rows). `chunk_size`: tokens per chunk, None = plain."""
+    (the last `n_indicators` rows are indicator rows). `chunk_size`: tokens per chunk, None = plain.
+    `observe(probs)`: called with the fp32 probabilities `[tokens, K - n_indicators]` (per chunk when
+    chunked; no grad), e.g. for visual-vocabulary statistics."""
     if chunk_size is None:
-        return _plain(features, head_linear, head_norm, table, n_indicators)
+        if observe is None:
+            return _plain(features, head_linear, head_norm, table, n_indicators)
+        probs = torch.softmax(head_norm(head_linear(features)), dim=-1)
+        observe(probs.detach().reshape(-1, probs.shape[-1]))
+        return nn.functional.pad(probs, (0, n_indicators)).to(table.dtype) @ table
     if chunk_size < 1:
         raise ValueError(f"model.visual_chunk_size={chunk_size}: must be a positive number of tokens (or null)")
     if head_linear.bias is not None or head_norm.weight is None or head_norm.bias is None:
@@ -132,5 +144,39 @@ def visual_embeddings(features: torch.Tensor, head_linear: nn.Linear, head_norm:
     device_type = features.device.type
     mm_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else table.dtype
     out = ChunkedVisualPath.apply(flat, head_linear.weight, head_norm.weight, head_norm.bias, table,
-                                  head_norm.eps, n_indicators, chunk_size, mm_dtype)
+                                  head_norm.eps, n_indicators, chunk_size, mm_dtype, observe)
     return out.reshape(*features.shape[:-1], table.shape[-1])
+
+
+def merge_hidden_stride(hidden: torch.Tensor, stride: int) -> torch.Tensor:
+    """[n, L, D] ViT features -> [n, L / s^2, D * s^2] (transformers' Ovis2 merge, zero-padding a grid
+    side that the stride does not divide)."""
+    if stride <= 1:
+        return hidden
+    n, length, dim = hidden.shape
+    side = math.isqrt(length)
+    if side * side != length:
+        raise ValueError("Token sequence length must be a perfect square")
+    pad = (stride - side % stride) % stride
+    hidden = nn.functional.pad(hidden, (0, 0, 0, pad, 0, pad))
+    side += pad
+    hidden = hidden.reshape(n, side // stride, stride, side // stride, stride, dim).permute(0, 1, 3, 2, 4, 5)
+    return hidden.reshape(n, -1, stride * stride * dim)
+
+
+def chunked_image_features(model, pixel_values: torch.Tensor, chunk_size: int):
+    """What `Ovis2Model.get_image_features` returns (VET embeddings as `pooler_output`, the indicator
+    rows as `visual_indicator_features`), with the visual path chunked. The softmax probabilities are
+    never materialised whole and the vision tower's forward (and its hooks) does not run: whoever
+    wants the probabilities sets `model.vision_tower.visual_probs_observer = fn(probs_chunk)`.
+    Parameters are read directly, not through module calls: not for ZeRO-3 / FSDP-sharded towers."""
+    from transformers.models.ovis2.modeling_ovis2 import BaseModelOutputWithVisualIndicatorFeatures
+
+    tower, table = model.vision_tower, model.visual_embeddings_table
+    merged = merge_hidden_stride(tower.transformer(pixel_values)[0], tower.config.hidden_stride)
+    n_indicators = tower.num_visual_indicator_tokens
+    embeddings = visual_embeddings(merged, tower.head_linear, tower.head_norm, table.weight, n_indicators, chunk_size,
+                                   observe=getattr(tower, "visual_probs_observer", None))
+    indicator_ids = torch.arange(table.num_embeddings - n_indicators, table.num_embeddings, device=table.weight.device)
+    return BaseModelOutputWithVisualIndicatorFeatures(
+        last_hidden_state=merged, pooler_output=embeddings, visual_indicator_features=table(indicator_ids))

@@ -34,6 +34,10 @@ class ModelConfig:
     max_crops: int | None = None  # Ovis2 multi-crop grid size limit; 1 = one crop per image
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
+    # memory-efficient visual path: head -> softmax -> VET in chunks of this many visual tokens, recomputed
+    # in backward (chunked_visual.py; same outputs and gradients); null = plain. Saves ~4 [tokens, K] fp32
+    # tensors (1 GiB each at 4096 tokens, K=65536) for ~1 extra head matmul. Not with ZeRO-3/FSDP-sharded towers.
+    visual_chunk_size: int | None = None
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -79,6 +83,14 @@ def validate_config(cfg: ModelConfig) -> None:
     for key in ("image_size", "hidden_stride", "max_crops"):
         value = getattr(cfg, key)
         _require(value is not None and value >= 1, f"model.{key}={value}: must be a positive integer")
+    if cfg.visual_chunk_size is not None:
+        _require(cfg.visual_chunk_size >= 1, f"model.visual_chunk_size={cfg.visual_chunk_size}: tokens per chunk, >= 1 (or null)")
+        _require(
+            cfg.connector == "vet" and cfg.tokenize_function == "softmax" and cfg.softmax_fp32,
+            "model.visual_chunk_size chunks the softmax VET path only: it needs model.connector=vet, "
+            f"model.tokenize_function=softmax and model.softmax_fp32=true (got {cfg.connector}, "
+            f"{cfg.tokenize_function}, softmax_fp32={cfg.softmax_fp32}); or set model.visual_chunk_size=null",
+        )
     _require(
         cfg.gguf_file is None or cfg.llm is not None,
         "model.gguf_file is set but model.llm is not: set model.llm to the folder that holds the GGUF file",

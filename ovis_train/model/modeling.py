@@ -6,7 +6,8 @@ swapping small modules (state-dict names stay transformers' own, so native expor
 - `connector="mlp"`: the 2-layer projector ablation. The Ovis2 head gets zero width, the VET keeps only
   the indicator rows, and `vision_tower.projector` maps the merged ViT features to LLM embeddings;
 - plugged vision backbones (SigLIP, SigLIP2, CLIP, timm) replace `vision_tower.transformer`;
-- a forward without images still touches every visual parameter with weight 0 (DDP / ZeRO need it).
+- a forward without images still touches every visual parameter with weight 0 (DDP / ZeRO need it);
+- `visual_chunk_size`: the head -> softmax -> VET path chunked over tokens, recomputed in backward.
 
 These options live in `config.ovis_train` (a plain dict in config.json that plain transformers ignores).
 """
@@ -22,7 +23,7 @@ from torch import nn
 from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2Model
 from transformers.models.ovis2.modeling_ovis2 import Ovis2VisualEmbeddingTable
 
-DEFAULT_OPTIONS = {"connector": "vet", "softmax_fp32": True, "backbone": None}
+DEFAULT_OPTIONS = {"connector": "vet", "softmax_fp32": True, "backbone": None, "visual_chunk_size": None}
 
 
 def ovis_options(config: Ovis2Config) -> dict:
@@ -73,8 +74,13 @@ class OvisMultimodalModel(Ovis2Model):
     through this class's `get_image_features`, so the connector must live here."""
 
     connector = "vet"
+    visual_chunk_size = None  # set: the memory-efficient visual path (chunked_visual.py)
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
+        if self.connector == "vet" and self.visual_chunk_size:
+            from .chunked_visual import chunked_image_features
+
+            return chunked_image_features(self, pixel_values, self.visual_chunk_size)
         if self.connector == "vet":
             return super().get_image_features(pixel_values=pixel_values, **kwargs)
         kwargs["return_dict"] = True
@@ -93,6 +99,7 @@ class OvisModel(Ovis2ForConditionalGeneration):
             super().__init__(config)
         _retype(self.model, OvisMultimodalModel)
         self.model.connector = options["connector"]
+        self.model.visual_chunk_size = options["visual_chunk_size"]
         tower = self.model.vision_tower
         if options["backbone"] is not None:
             from .backbones import build_backbone
