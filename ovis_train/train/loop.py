@@ -33,7 +33,7 @@ from ovis_train.train.distributed import (
 from ovis_train.train.errors import ConfigError
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
-from ovis_train.train.metrics import RunLogger, VetHealth
+from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
 from ovis_train.train.optim import build_optimizer, build_scheduler
 from ovis_train.train.state import CONFIG_FILE, Seen, TrainState, load_checkpoint, save_checkpoint
 
@@ -53,6 +53,8 @@ def train(cfg: Config) -> Path:
         bundle.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     with accelerator_session(cfg) as accelerator:  # released even on errors (sweeps run members in-process)
+        if accelerator.device.type == "cuda":  # memory/peak_gb: this phase's peak, not an earlier sweep member's
+            torch.cuda.reset_peak_memory_stats(accelerator.device)
         cfg = dataclasses.replace(cfg, run_dir=broadcast_from_main(accelerator, cfg.run_dir))
         run_dir = Path(cfg.run_dir)
         resume_from = resolve_resume(cfg.resume, run_dir)
@@ -96,7 +98,8 @@ def train(cfg: Config) -> Path:
             seconds = time.perf_counter() - start
             metrics = {"loss": loss, "grad_norm": grad_norm, **lrs, "step_seconds": seconds,
                        "data_wait": data_wait / seconds, "tokens_per_s": seen.tokens / seconds,
-                       "images_per_s": seen.images / seconds}
+                       "images_per_s": seen.images / seconds,
+                       "memory/peak_gb": peak_memory_gb(accelerator.device)}
             if t.vet_health_every and state.step % t.vet_health_every == 0:
                 metrics.update(health.summary(accelerator, _visual_vocab(bundle.model)))
             if t.eval_every and state.step % t.eval_every == 0:
@@ -106,6 +109,8 @@ def train(cfg: Config) -> Path:
                 save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
                 saved_step = state.step
 
+        if t.caption_eval_samples:
+            logger.log(state.step, {"eval/caption_accuracy": _caption_accuracy(accelerator, cfg, bundle)})
         if saved_step != state.step:
             save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
         if t.export and (state.step >= t.max_steps or data_ended):
@@ -190,6 +195,25 @@ def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
     model.train()
     totals = all_reduce_sum(accelerator, [loss_sum, sum(supervised_tokens(b["labels"]) for b in batches[:n])])
     return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+
+
+def _caption_accuracy(accelerator, cfg: Config, bundle) -> float:
+    """Exact-match accuracy of greedy captions of the first held-out images (ovis_train.evaluate), on the
+    main process while the others wait. Not under ZeRO-3: generation needs whole weights on one rank."""
+    from ovis_train.evaluate import caption_accuracy
+
+    zero_stage = cfg.distributed.deepspeed.get("zero_optimization", {}).get("stage")
+    if cfg.distributed.strategy == "deepspeed" and zero_stage == 3:
+        log.warning("trainer.caption_eval_samples is skipped under ZeRO-3; evaluate the export instead")
+        return float("nan")
+    accuracy = float("nan")
+    if accelerator.is_main_process:
+        prompt = cfg.data.sources[0].template  # the captions' own template (the stream refused an empty list)
+        score = caption_accuracy(bundle, cfg.data.eval_urls, limit=cfg.trainer.caption_eval_samples, prompt=prompt)
+        accuracy = score.accuracy
+        bundle.model.train()
+    accelerator.wait_for_everyone()
+    return accuracy
 
 
 def _lrs(optimizer) -> dict:

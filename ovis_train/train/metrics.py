@@ -47,6 +47,16 @@ class RunLogger:
         self.bar.close()
 
 
+def peak_memory_gb(device: torch.device) -> float:
+    """This process's peak memory so far: the CUDA allocator's peak on a GPU, else the peak resident set
+    (on CPU it cannot be reset, so in a multirun it includes the members before)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -1,0 +1,174 @@
+"""One sweep member's numbers, read from its run directory: the final value of each metric in its
+``metrics.jsonl``, its loss curves, its K and connector (from the export's config, else the run
+config), and the connector's parameter count (visual head + VET, counted on a meta-device copy of
+the exported architecture)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ovis_train.train.loop import EXPORT_DIR
+from ovis_train.train.metrics import METRICS_FILE, read_metrics
+from ovis_train.train.state import CONFIG_FILE
+
+from .record import RECORD_FILE, MemberRecord, read_record
+
+log = logging.getLogger(__name__)
+
+# summary column -> metrics.jsonl key whose last logged value it shows
+FINAL_METRICS = {
+    "train_loss": "loss",
+    "eval_loss": "eval/loss",
+    "eval_caption_accuracy": "eval/caption_accuracy",
+    "peak_memory_gb": "memory/peak_gb",
+    "vet_entropy": "vet/entropy",
+    "vet_rows_top1": "vet/rows_top1",
+    "vet_rows_with_mass": "vet/rows_with_mass",
+}
+THROUGHPUT_KEY = "tokens_per_s"  # a per-step rate: the member's median (the first steps warm up)
+
+
+@dataclass
+class Member:
+    name: str  # the run directory's name
+    path: Path
+    record: MemberRecord
+    values: dict = field(default_factory=dict)  # summary columns -> numbers (missing: not logged)
+    curves: dict = field(default_factory=dict)  # "loss" / "eval/loss" -> ([steps], [values])
+    visual_vocab_size: int | None = None
+    connector: str | None = None
+    connector_params: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.record.status != "failed"
+
+
+def is_member_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in (RECORD_FILE, METRICS_FILE, CONFIG_FILE))
+
+
+def final_values(rows: list[dict]) -> dict:
+    """Summary columns from the rows of a metrics.jsonl (a metric missing from every row is left out)."""
+    values = {}
+    for column, key in FINAL_METRICS.items():
+        logged = [row[key] for row in rows if row.get(key) is not None]
+        if logged:
+            values[column] = logged[-1]
+    rates = [row[THROUGHPUT_KEY] for row in rows if row.get(THROUGHPUT_KEY) is not None]
+    if rates:
+        values["tokens_per_s"] = statistics.median(rates)
+    steps = [row["step"] for row in rows if "step" in row]
+    if steps:
+        values["steps"] = max(steps)
+    return values
+
+
+def curve(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def read_member(path: str | Path) -> Member:
+    path = Path(path)
+    record = read_record(path) or MemberRecord(overrides=_overrides_from_name(path.name))
+    rows = read_metrics(path)
+    member = Member(name=path.name, path=path, record=record, values=final_values(rows),
+                    curves={key: curve(rows, key) for key in ("loss", "eval/loss")})
+    member.connector, member.visual_vocab_size = _architecture(path)
+    member.connector_params = connector_parameters(path / EXPORT_DIR)
+    if record.status == "unknown":  # no callback record: judge by what the run left
+        if (path / EXPORT_DIR).is_dir():
+            record.status = "completed"
+        elif not rows:
+            record.status, record.error = "failed", "no metrics logged (failed or never started)"
+    return member
+
+
+def _overrides_from_name(name: str) -> list[str]:
+    """Hydra names member directories ``k1=v1,k2=v2`` (hydra.job.override_dirname): split it back,
+    gluing pieces without "=" to the previous one (values that held commas)."""
+    parts: list[str] = []
+    for piece in name.split(","):
+        if "=" in piece or not parts:
+            parts.append(piece)
+        else:
+            parts[-1] += "," + piece
+    return parts if all("=" in p for p in parts) else [name]
+
+
+def _architecture(run_dir: Path) -> tuple[str | None, int | None]:
+    """(connector, K): the exported model's, else the run config's (K may be null there: the preset's)."""
+    exported = run_dir / EXPORT_DIR / "config.json"
+    if exported.is_file():
+        config = json.loads(exported.read_text())
+        connector = (config.get("ovis_train") or {}).get("connector", "vet")
+        return connector, config["vision_config"]["vocab_size"] if connector == "vet" else None
+    config_file = run_dir / CONFIG_FILE
+    if config_file.is_file():
+        model = (yaml.safe_load(config_file.read_text()) or {}).get("model", {})
+        connector = model.get("connector", "vet")
+        return connector, model.get("visual_vocab_size") if connector == "vet" else None
+    return None, None
+
+
+def connector_parameters(export_dir: Path) -> int | None:
+    """Parameters between the vision transformer and the LLM: the visual head (mlp: the projector)
+    plus the VET (mlp: its indicator rows). None when the member exported nothing."""
+    if not (export_dir / "config.json").is_file():
+        return None
+    try:
+        import torch
+        from transformers import Ovis2Config
+
+        from ovis_train.model import OvisModel, model_components
+
+        with torch.device("meta"):  # shapes only: no memory, no weights read
+            model = OvisModel(Ovis2Config.from_pretrained(str(export_dir)))
+        components = model_components(model)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        return sum(params[name].numel() for key in ("visual_head", "vet") for name in components[key])
+    except Exception as e:  # noqa: BLE001 - a count we cannot make is left blank, not fatal to the summary
+        log.warning("cannot count the connector parameters of %s: %s", export_dir, e)
+        return None
+
+
+SWEEP_FILE = "sweep.yaml"  # {overrides: [...]}, as given to ovis_train.sweep.launch
+
+
+def swept_keys(sweep_dir: str | Path) -> list[str]:
+    """The keys the sweep varies (``k=a,b``, ``range(...)``, ...), from Hydra's ``multirun.yaml`` or the
+    ``sweep.yaml`` that ``ovis_train.sweep.launch`` writes; [] when neither is there."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweep_dir = Path(sweep_dir)
+    if (sweep_dir / "multirun.yaml").is_file():
+        hydra = (yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}).get("hydra", {})
+        overrides = hydra.get("overrides", {}).get("task", [])
+    elif (sweep_dir / SWEEP_FILE).is_file():
+        overrides = (yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()) or {}).get("overrides", [])
+    else:
+        return []
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - labels fall back to what differs between members
+        return []
+    return [o.get_key_element() for o in parsed if o.is_sweep_override()]
+
+
+def read_sweep(sweep_dir: str | Path) -> list[Member]:
+    """Every member directory under ``sweep_dir``, in job order (then name)."""
+    members = [read_member(p) for p in Path(sweep_dir).iterdir() if is_member_dir(p)]
+    return sorted(members, key=lambda m: (m.record.job_num is None, m.record.job_num or 0, _natural(m.name)))
+
+
+def _natural(name: str) -> list:
+    """Sort key putting "k=64" before "k=128"."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]

@@ -1,0 +1,54 @@
+"""``python -m ovis_train.sweep.launch`` (what ``launch.sh --sweep`` runs): one ``accelerate launch`` per
+member, outside any distributed launch; failures recorded, the rest run, the summary written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_sweep_multirun import FAST, final, member_dir, summary_rows
+
+RECIPE_CONF = Path(__file__).resolve().parents[1] / "recipes" / "vet_sweep" / "conf"
+
+
+def test_launched_members_one_launch_each_with_a_failure_recorded(tmp_path):
+    env = {**os.environ, "OVIS_TRAIN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    launcher = (f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 "
+                "--mixed_precision no --dynamo_backend no -m ovis_train")
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "ovis_train.sweep.launch", "--launcher", launcher, "--",
+         "model.visual_vocab_size=2,32", *FAST, f"run_dir={sweep}"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    failed, done = summary_rows(sweep)
+    assert failed["status"] == "failed" and "must be larger than model.num_indicator_tokens=5" in failed["error"]
+    run = member_dir(sweep, "model.visual_vocab_size=32")
+    assert done["member"] == run.name and done["status"] == "completed"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert float(done["train_loss"]) == final(metrics, "loss")
+    assert "ovis-train: error:" in (member_dir(sweep, "model.visual_vocab_size=2") / "launch.log").read_text()
+
+
+def test_members_whose_config_does_not_compose_are_recorded_without_a_launch(tmp_path):
+    from ovis_train.sweep.launch import main
+
+    sweep = tmp_path / "sweep"
+    assert main(["--launcher", "false", "--", "trainer.max_stepz=1,2", f"run_dir={sweep}"]) == 1
+    rows = summary_rows(sweep)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("Key 'max_stepz' not in 'TrainerConfig'" in r["error"] for r in rows)
+    assert not list(sweep.glob("*/launch.log"))  # nothing was launched
+
+
+def test_each_member_gets_the_primary_config_flags_and_its_own_run_dir(tmp_path):
+    from ovis_train.sweep.launch import main
+
+    sweep = tmp_path / "sweep"
+    recipe = ["--config-dir", str(RECIPE_CONF), "--config-name", "vet_sweep"]
+    assert main(["--launcher", "echo", *recipe, "model.visual_vocab_size=256,1024", f"run_dir={sweep}"]) == 0
+    for k in (256, 1024):
+        member = sweep / f"model.visual_vocab_size={k}"  # named by the command-line overrides only
+        launched = (member / "launch.log").read_text().split()
+        assert launched == [*recipe, f"model.visual_vocab_size={k}", f"run_dir='{member}'"]

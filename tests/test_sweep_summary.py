@@ -1,0 +1,76 @@
+"""The sweep summary from member run directories (no training): final numbers, failures, files."""
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from ovis_train.sweep.record import MemberRecord, write_record
+from ovis_train.sweep.summarize import main, summarize
+
+
+def make_member(sweep, name, job_num, losses, status="completed", error=None, extra=None):
+    run = sweep / name
+    run.mkdir(parents=True)
+    rows = [{"step": i + 1, "loss": loss, "tokens_per_s": 100.0 * (i + 1)} for i, loss in enumerate(losses)]
+    if rows:
+        rows[-1].update({"eval/loss": losses[-1] + 0.5, "vet/entropy": 2.0, **(extra or {})})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_record(run, MemberRecord(overrides=[name.replace(",", " ").split()[0], "trainer.max_steps=3"],
+                                   job_num=job_num, status=status, error=error))
+    return run
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_rows_hold_each_members_final_numbers_and_failures_are_listed(tmp_path):
+    make_member(tmp_path, "model.visual_vocab_size=128", 1, [3.0, 2.5, 2.25], extra={"eval/caption_accuracy": 0.5})
+    make_member(tmp_path, "model.visual_vocab_size=64", 0, [3.0, 2.0, 1.5])
+    make_member(tmp_path, "model.visual_vocab_size=2", 2, [], status="failed", error="ConfigError: K too small")
+    summarize(tmp_path)
+    rows = read_csv(tmp_path / "summary.csv")
+    assert [r["member"] for r in rows] == ["model.visual_vocab_size=64", "model.visual_vocab_size=128",
+                                          "model.visual_vocab_size=2"]  # job order
+    first, second, failed = rows
+    assert float(first["train_loss"]) == 1.5 and float(first["eval_loss"]) == 2.0
+    assert float(first["tokens_per_s"]) == 200.0  # median of 100, 200, 300
+    assert first["eval_caption_accuracy"] == "" and float(second["eval_caption_accuracy"]) == 0.5
+    assert failed["status"] == "failed" and failed["error"] == "ConfigError: K too small"
+    text = (tmp_path / "summary.md").read_text()
+    assert "3 members: 2 completed, 1 failed." in text and "Shared overrides: `trainer.max_steps=3`" in text
+    assert "`model.visual_vocab_size=2` (model.visual_vocab_size=2): ConfigError: K too small" in text
+    for name in ("loss_curves.png", "heldout_vs_k.png"):
+        with Image.open(tmp_path / name) as image:
+            image.verify()
+
+
+def test_members_are_labelled_by_the_swept_keys_even_alone(tmp_path):
+    make_member(tmp_path, "model.connector=vet,trainer.seed=1", 0, [2.0])
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: [\"model.connector=vet,mlp\", trainer.max_steps=3]\n")
+    text = summarize(tmp_path).read_text()
+    assert "| `model.connector=vet` |" in text  # not every override the lone member has
+    assert "Shared overrides: `trainer.max_steps=3`" in text
+
+
+def test_without_callback_records_members_are_named_by_their_directory(tmp_path, capsys):
+    run = tmp_path / "model.connector=mlp,trainer.max_steps=2"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 4.0}) + "\n")
+    (tmp_path / "model.connector=vet,trainer.max_steps=2").mkdir()  # started, never logged
+    (tmp_path / "model.connector=vet,trainer.max_steps=2" / "config.yaml").write_text("model: {connector: vet}\n")
+    assert main([str(tmp_path)]) == 0
+    assert "summary.md" in capsys.readouterr().out
+    rows = {r["member"]: r for r in read_csv(tmp_path / "summary.csv")}
+    assert rows["model.connector=mlp,trainer.max_steps=2"]["overrides"] == "model.connector=mlp trainer.max_steps=2"
+    assert rows["model.connector=vet,trainer.max_steps=2"]["status"] == "failed"
+    assert rows["model.connector=vet,trainer.max_steps=2"]["connector"] == "vet"
+
+
+def test_the_cli_refuses_a_missing_directory(tmp_path):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nope")])
