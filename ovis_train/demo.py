@@ -85,6 +85,8 @@ def score(bundle_or_path, heldout: str, template: str, n: int) -> dict:
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as the phases train (trainer.bf16=true)
         acc = caption_accuracy(bundle, heldout, limit=n, prompt=template)
         loss = heldout_loss(bundle, heldout, template, limit=n, caption_eos=True)  # as trained
+    print(f"held-out caption accuracy {acc.accuracy:.3f}, loss {loss:.3f} ({acc.n} images; e.g. "
+          f"{acc.examples[0][1]!r} -> {acc.examples[0][2]!r})", flush=True)
     return {"caption_accuracy": acc.accuracy, "heldout_loss": loss, "n": acc.n, "examples": acc.examples[:5]}
 
 
