@@ -133,3 +133,18 @@ def test_the_mlp_connector_has_nothing_to_analyse():
     model = build_model(ModelConfig(preset="tiny", connector="mlp")).model
     with pytest.raises(ValueError, match="mlp connector"):
         visual_probabilities(model, torch.zeros(1, 3, 64, 64))
+
+
+def test_the_cli_leaves_gradient_mode_as_it_found_it(tmp_path):
+    """main() runs in-process (here, notebooks): a global no-grad switch would break later training."""
+    import torch
+
+    from ovis_train.analyze.__main__ import main
+    from ovis_train.data import write_synthetic_shards
+    from ovis_train.model import ModelConfig, build_model
+
+    build_model(ModelConfig(preset="tiny")).save_pretrained(str(tmp_path / "export"))
+    write_synthetic_shards(str(tmp_path / "shards"), n_samples=4, samples_per_shard=4)
+    assert main([str(tmp_path / "export"), "--shards", str(tmp_path / "shards" / "synthetic-000000.tar"),
+                 "--out", str(tmp_path / "report")]) == 0
+    assert torch.is_grad_enabled()

@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     from .report import ReportSettings, write_report
     from .source import data_urls, load_bundle, resolve_model_path
 
-    torch.set_grad_enabled(False)
     model_path = resolve_model_path(args.model)
     urls = args.shards or data_urls(args.overrides, args.split)
     bundle = load_bundle(model_path)
-    reduced, crops = probe(bundle, read_samples(urls, args.max_images), args.batch_size)
+    with torch.no_grad():  # scoped: main() is also called in-process (tests, notebooks)
+        reduced, crops = probe(bundle, read_samples(urls, args.max_images), args.batch_size)
     settings = ReportSettings(top_rows=args.top_rows, images_per_row=args.images_per_row,
                               dead_threshold=args.dead_threshold)
     out = Path(args.out) if args.out else model_path / "vet_analysis"
