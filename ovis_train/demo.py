@@ -26,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARDS = REPO / "data" / "shards"
 BUILDERS = {"fashion_mnist": "fashion-mnist", "mnist_5k": "mnist-5k"}  # conf/data/<name>.yaml -> make_shards kind
 
-# P1: head + VET learn fast; EfficientNet's last stage only gently (at 1e-3 it collapses, DESIGN.md §6).
+# P1: head + VET at a high lr (the softmax over K must sharpen before images differ); EfficientNet's last
+# stage only gently (at 1e-3 it collapses, DESIGN.md §6).
 P1 = [
-    "phase=p1", "trainer.lr=1e-3", "trainer.warmup_ratio=0.05",
+    "phase=p1", "trainer.lr=1e-2", "trainer.warmup_ratio=0.05",
     "phase.rules=[{match: vit.blocks.-1, trainable: true, lr: 3e-5}, {match: vit, trainable: false},"
     " {match: visual_head, trainable: true}, {match: vet, trainable: true},"
     " {match: lm_head, trainable: false}, {match: llm, trainable: false}]",
