@@ -118,10 +118,13 @@ def main(argv: list[str] | None = None) -> dict:
         "data.caption_eos=true", f"trainer.seed={args.seed}", "trainer.bf16=true", "trainer.eval_every=0", "trainer.save_every=0",
         "logger=none", *args.overrides,
     ]
+    from accelerate.utils import set_seed
+
     from ovis_train.model import ModelConfig, build_model
 
     results = {"dataset": dataset, "seed": args.seed, "p1_steps": args.p1_steps, "p2_steps": args.p2_steps}
     print(f"scoring the untrained model on {args.eval_samples} held-out {dataset} images ...", flush=True)
+    set_seed(args.seed)  # the same initial weights as the P1 run (the trainer seeds before building)
     results["before P1"] = score(build_model(ModelConfig(preset=args.model)), heldout, template, args.eval_samples)
     run_phase("P1", [*P1, *common, f"trainer.max_steps={args.p1_steps}", f"run_dir={out / 'p1'}"])
     results["after P1"] = score(out / "p1" / "export", heldout, template, args.eval_samples)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig
 
-from ovis_train.model import PRESETS, ModelConfig, build_model, model_components, resolve_config
+from ovis_train.model import PRESETS, ModelConfig, build_model, load_model, model_components, resolve_config
 from ovis_train.model.modeling import OvisModel
 from ovis_train.model.vision import vision_config
 
@@ -52,7 +52,7 @@ def test_ovis2_2b_shape_has_about_two_billion_parameters_on_the_meta_device():
 
 
 @pytest.mark.slow
-def test_demo_preset_loads_real_pretrained_parts_offline():
+def test_demo_preset_loads_real_pretrained_parts_offline(tmp_path):
     start = time.perf_counter()
     bundle = build_model(ModelConfig(preset="demo"))
     load_seconds = time.perf_counter() - start
@@ -81,3 +81,9 @@ def test_demo_preset_loads_real_pretrained_parts_offline():
     assert out.image_outputs.last_hidden_state.shape == (1, 4, 1280)
     assert torch.isfinite(out.logits).all()
     print(f"demo preset load: {load_seconds:.1f} s")
+    # the GGUF weights arrive dequantized: an export reloads as a plain model that saves again (P1 -> P2)
+    bundle.save_pretrained(str(tmp_path / "p1"))
+    reloaded = load_model(str(tmp_path / "p1"))
+    assert getattr(reloaded.model.config.text_config, "quantization_config", None) is None
+    reloaded.save_pretrained(str(tmp_path / "p2"))
+    assert (tmp_path / "p2" / "model.safetensors").exists()

@@ -17,6 +17,10 @@ def load_language_model(cfg: ModelConfig, preset: Preset, dtype: torch.dtype):
         source = dict(gguf_file=cfg.gguf_file) if cfg.gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(cfg.llm, **source)
         lm: PreTrainedModel = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, **source)
+        if cfg.gguf_file and getattr(lm.config, "quantization_config", None) is not None:
+            # GGUF weights arrive dequantized to plain tensors; left in the config, the GGUF marker makes a
+            # reloaded export "quantized" and unsavable (P2 could not export what it loaded from P1)
+            del lm.config.quantization_config
         add_image_tokens(tokenizer)
         if len(tokenizer) > lm.config.vocab_size:
             lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
