@@ -75,6 +75,40 @@ def test_model_config_is_a_hydra_structured_config():
 # ---------------------------------------------------------------------------------------------- VET
 
 
+def _seeded_build(seed, **changes):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(preset="tiny", **changes))
+
+
+def test_vet_init_text_embeddings_starts_visual_rows_as_text_token_embeddings():
+    normal, texty = _seeded_build(3), _seeded_build(3, vet_init="text_embeddings")
+    n_visual = texty.model.config.vision_config.vocab_size - texty.model.config.vision_config.num_visual_indicator_tokens
+    rows = texty.model.model.visual_embeddings_table.weight.detach()
+    embeddings = texty.model.get_input_embeddings().weight.detach()
+    # every visual row is exactly one token's embedding, never a special (image / indicator / eos) token's
+    matches = (rows[:n_visual, None, :] == embeddings[None]).all(-1)
+    assert bool(matches.any(1).all())
+    special = sorted(set(texty.tokenizer.all_special_ids))
+    assert not bool(matches[:, special].any())
+    assert matches.any(0).sum() > n_visual // 2  # drawn at random: many distinct tokens, not one copied row
+    # only the visual rows differ from Ovis2's init: indicator rows and every other weight are untouched
+    normal_rows = normal.model.model.visual_embeddings_table.weight.detach()
+    assert torch.equal(rows[n_visual:], normal_rows[n_visual:])
+    assert not torch.equal(rows[:n_visual], normal_rows[:n_visual])
+    others = {k: v for k, v in texty.model.state_dict().items() if "visual_embeddings_table" not in k}
+    assert all(torch.equal(v, normal.model.state_dict()[k]) for k, v in others.items())
+
+
+def test_vet_init_follows_the_seed_and_rejects_unknown_values():
+    def rows(seed):
+        return _seeded_build(seed, vet_init="text_embeddings").model.model.visual_embeddings_table.weight
+
+    assert torch.equal(rows(5), rows(5)) and not torch.equal(rows(5), rows(6))
+    with pytest.raises(ValueError, match="model.vet_init='zeros': choose one of"):
+        build_model(ModelConfig(preset="tiny", vet_init="zeros"))
+    assert build_model(ModelConfig(preset="tiny")).config.vet_init == "normal"  # Ovis2's own unless asked
+
+
 def test_vet_one_hot_probabilities_equal_integer_lookup(tiny):
     table = tiny.model.model.visual_embeddings_table
     ids = torch.tensor([[0, 3, 255], [17, 250, 128]])

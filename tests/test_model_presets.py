@@ -79,6 +79,10 @@ def test_demo_preset_loads_real_pretrained_parts_offline(tmp_path):
     with torch.no_grad():
         out = model(**inputs)
     assert out.image_outputs.last_hidden_state.shape == (1, 4, 1280)
+    # the VET's visual rows start as SmolLM2 token embeddings (vet_init=text_embeddings): the LLM's scale
+    rows = model.model.visual_embeddings_table.weight[:-5].detach()
+    assert bundle.config.vet_init == "text_embeddings"
+    assert abs(float(rows.std()) / float(model.get_input_embeddings().weight.std()) - 1) < 0.2
     assert torch.isfinite(out.logits).all()
     print(f"demo preset load: {load_seconds:.1f} s")
     # the GGUF weights arrive dequantized: an export reloads as a plain model that saves again (P1 -> P2)

@@ -8,7 +8,7 @@ Modules: config (ModelConfig, validation), presets (tiny, demo, ovis2_1b, ovis2_
 tokens (image special tokens, tiny tokenizer, label masking), language (the LLM side), vision (the
 vision side, AIMv2 weight mapping, image processor), backbones (SigLIP / SigLIP2 / CLIP / timm
 plugged in as the ViT), modeling (OvisModel: fp32 softmax, vet|mlp connector, image-free touch),
-bundle (ModelBundle, save / load), build (build_model), components (model_components),
+vet_init (how the VET rows start), bundle (ModelBundle, save / load), build (build_model), components (model_components),
 caption (caption images with a saved model).
 
 Component map (`model_components(model)`, for freeze rules; names from

@@ -9,6 +9,7 @@ VISION_KINDS = ("native", "siglip", "siglip2", "clip", "timm")
 CONNECTORS = ("vet", "mlp")
 TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax")
 DTYPES = ("float32", "bfloat16", "float16")
+VET_INITS = ("normal", "text_embeddings")
 
 
 @dataclass
@@ -29,6 +30,9 @@ class ModelConfig:
     visual_vocab_size: int | None = None
     num_indicator_tokens: int | None = None  # preset's; 5 for Ovis2 (and by default), 4 for Ovis2.5
     connector: str = "vet"  # vet | mlp (the standard 2-layer projector, for the ablation)
+    # how the VET's visual rows start: normal (Ovis2's N(0, 0.02)) | text_embeddings (copies of random text
+    # tokens' embeddings, at the LLM's scale: P1 learns much faster; vet_init.py); None = the preset's
+    vet_init: str | None = None
     tokenize_function: str = "softmax"  # softmax | gumbel_argmax | st_argmax
     softmax_fp32: bool = True  # visual softmax in fp32 whatever the model dtype (as Ovis2.5 does)
     max_crops: int | None = None  # Ovis2 multi-crop grid size limit; 1 = one crop per image
@@ -67,6 +71,7 @@ def validate_config(cfg: ModelConfig) -> None:
         cfg.tokenize_function in TOKENIZE_FUNCTIONS,
         f"model.tokenize_function={cfg.tokenize_function!r}: choose one of {TOKENIZE_FUNCTIONS}",
     )
+    _require(cfg.vet_init in VET_INITS, f"model.vet_init={cfg.vet_init!r}: choose one of {VET_INITS}")
     _require(cfg.dtype in DTYPES, f"model.dtype={cfg.dtype!r}: choose one of {DTYPES}")
     _require(
         cfg.num_indicator_tokens is not None and cfg.num_indicator_tokens >= 1,

