@@ -61,16 +61,16 @@ def ensure_shards(name: str) -> None:
         make_shards([BUILDERS[name], "--out", str(folder), "--samples-per-shard", per_shard])
 
 
-def data_config(name: str):
-    """The data config group `name` as the trainer resolves it (so the demo scores the same shards)."""
+def run_config(overrides: list[str]):
+    """The configuration the phases resolve from these overrides: the demo scores the same shards, and its
+    untrained model is the one P1 builds (model overrides included)."""
     from hydra import compose, initialize_config_dir
 
     from ovis_train.train.config import CONF_DIR, register
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"data={name}"])
-    return cfg.data
+        return compose(config_name="config", overrides=overrides)
 
 
 def quiet_environment() -> None:
@@ -119,22 +119,22 @@ def main(argv: list[str] | None = None) -> dict:
     os.chdir(REPO)  # the data configs name shards relative to the repository
     dataset = args.dataset or pick_dataset()
     ensure_shards(dataset)
-    data = data_config(dataset)
-    heldout, template = data.eval_urls, data.sources[0].template
     common = [
         f"model={args.model}", f"data={dataset}", f"data.batch_size={args.batch_size}", f"data.seed={args.seed}",
         # captions end with EOS so that greedy captions end where the reference does
         "data.caption_eos=true", f"trainer.seed={args.seed}", "trainer.bf16=true", "trainer.eval_every=0", "trainer.save_every=0",
         "logger=none", *args.overrides,
     ]
+    cfg = run_config(common)
+    heldout, template = cfg.data.eval_urls, cfg.data.sources[0].template
     from accelerate.utils import set_seed
 
-    from ovis_train.model import ModelConfig, build_model
+    from ovis_train.model import build_model
 
     results = {"dataset": dataset, "seed": args.seed, "p1_steps": args.p1_steps, "p2_steps": args.p2_steps}
     print(f"scoring the untrained model on {args.eval_samples} held-out {dataset} images ...", flush=True)
     set_seed(args.seed)  # the same initial weights as the P1 run (the trainer seeds before building)
-    results["before P1"] = score(build_model(ModelConfig(preset=args.model)), heldout, template, args.eval_samples)
+    results["before P1"] = score(build_model(cfg.model), heldout, template, args.eval_samples)
     run_phase("P1", [*P1, *common, f"trainer.max_steps={args.p1_steps}", f"run_dir={out / 'p1'}"])
     results["after P1"] = score(out / "p1" / "export", heldout, template, args.eval_samples)
     run_phase("P2", [*P2, *common, f"trainer.max_steps={args.p2_steps}", f"run_dir={out / 'p2'}",

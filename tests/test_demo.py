@@ -10,9 +10,21 @@ from ovis_train import demo
 @pytest.mark.slow
 def test_demo_runs_both_phases_and_scores_each_stage(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    scored_vet_rows = []  # VET size of every model the demo scores (bundles and exports alike)
+    from ovis_train.model import load_model as real_load
+
+    def spy_score(bundle_or_path, *args):
+        bundle = bundle_or_path if hasattr(bundle_or_path, "model") else real_load(bundle_or_path)
+        scored_vet_rows.append(bundle.model.model.visual_embeddings_table.num_embeddings)
+        return real_score(bundle, *args)
+
+    real_score = demo.score
+    monkeypatch.setattr(demo, "score", spy_score)
     results = demo.main(["--model", "tiny", "--dataset", "mnist_5k", "--p1-steps", "2", "--p2-steps", "2",
-                         "--eval-samples", "8", "--out", str(tmp_path / "demo")])
+                         "--eval-samples", "8", "--out", str(tmp_path / "demo"), "model.visual_vocab_size=48"])
     out = tmp_path / "demo"
+    # a model override reaches the untrained model scored before P1 as well as both phases
+    assert scored_vet_rows == [48, 48, 48]
     for phase in ("p1", "p2"):
         assert (out / phase / "export" / "model.safetensors").exists()
         assert len((out / phase / "metrics.jsonl").read_text().splitlines()) == 2
