@@ -74,9 +74,11 @@ def run_config(overrides: list[str]):
 
 
 def quiet_environment() -> None:
-    """Fewer lines that say nothing: transformers' weight loading / saving bars, and DeepSpeed's warning
-    that it found no GPU (it is imported by Accelerate even though the demo does not use it)."""
+    """Fewer lines that say nothing: transformers' weight loading / saving bars, the GGUF dequantisation
+    bar (TQDM_DISABLE only sets tqdm's default; the phases' own bar passes `disable` and stays), and
+    DeepSpeed's warning that it found no GPU (Accelerate imports it though the demo does not use it)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
