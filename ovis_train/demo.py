@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = REPO / "data" / "shards"
 BUILDERS = {"fashion_mnist": "fashion-mnist", "mnist_5k": "mnist-5k"}  # conf/data/<name>.yaml -> make_shards kind
@@ -79,6 +77,8 @@ def quiet_environment() -> None:
     DeepSpeed's warning that it found no GPU (Accelerate imports it though the demo does not use it)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch  # only now: importing torch imports tqdm, which reads TQDM_* once, at import
+
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -90,6 +90,8 @@ def run_phase(name: str, overrides: list[str]) -> None:
 
 
 def score(bundle_or_path, heldout: str, template: str, n: int) -> dict:
+    import torch
+
     from ovis_train.evaluate import caption_accuracy, heldout_loss
     from ovis_train.model import load_model
 
