@@ -5,6 +5,7 @@ import json
 import pytest
 
 from ovis_train import demo
+from ovis_train.model import load_model
 
 
 @pytest.mark.slow
@@ -15,14 +16,13 @@ def test_demo_runs_both_phases_and_scores_each_stage(tmp_path, monkeypatch, capf
         monkeypatch.delenv(name)
     demo.quiet_environment()
     scored_vet_rows = []  # VET size of every model the demo scores (bundles and exports alike)
-    from ovis_train.model import load_model as real_load
+    real_score = demo.score
 
     def spy_score(bundle_or_path, *args):
-        bundle = bundle_or_path if hasattr(bundle_or_path, "model") else real_load(bundle_or_path)
+        bundle = bundle_or_path if hasattr(bundle_or_path, "model") else load_model(bundle_or_path)
         scored_vet_rows.append(bundle.model.model.visual_embeddings_table.num_embeddings)
         return real_score(bundle, *args)
 
-    real_score = demo.score
     monkeypatch.setattr(demo, "score", spy_score)
     results = demo.main(["--model", "tiny", "--dataset", "mnist_5k", "--p1-steps", "2", "--p2-steps", "2",
                          "--eval-samples", "8", "--out", str(tmp_path / "demo"), "model.visual_vocab_size=48"])
