@@ -10,6 +10,7 @@ from PIL import Image
 
 from ovis_train.data import DataConfig, SourceConfig, build_stream, write_shards
 from ovis_train.data.decode import to_rgb
+from ovis_train.data.errors import DataError
 from ovis_train.model import ModelConfig, build_model
 
 
@@ -101,7 +102,7 @@ def test_unusual_modes_convert_sanely():
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_too_many_bad_samples_stop_with_a_message_naming_the_limit(bad_shard, num_workers):
-    with pytest.raises(RuntimeError, match=r"data\.max_bad_fraction=0\.2 exceeded.*Fix or rebuild"):
+    with pytest.raises(DataError, match=r"data\.max_bad_fraction=0\.2 exceeded.*Fix or rebuild"):
         run(bad_shard, max_bad_fraction=0.2, bad_check_min_samples=5, num_workers=num_workers)
 
 
@@ -114,5 +115,5 @@ def test_missing_shard_names_the_path(bad_shard, tmp_path):
 def test_unreadable_shard_names_the_path(tmp_path):
     broken = tmp_path / "broken-000000.tar"
     broken.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(OSError, match="broken-000000.tar"):
+    with pytest.raises(DataError, match="broken-000000.tar"):
         run([str(broken)])

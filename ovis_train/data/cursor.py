@@ -6,6 +6,9 @@ permuted with a seed derived from where it starts. The position is therefore fou
 ``epoch, shard, offset, taken``: the block starts at sample ``offset`` of the reader's
 ``shard``-th shard and ``taken`` of its samples were handed out. Restoring re-reads only that
 block (skipping ``offset`` samples of one shard without decoding them).
+
+A reader whose shards of an epoch hold no sample at all is an error naming them (``DataError``), not an
+endless walk from one empty epoch to the next.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from . import shards as shard_io
+from .errors import DataError
 
 
 POSITION_FIELDS = ("epoch", "shard", "offset", "taken")
@@ -30,6 +34,8 @@ class SourceCursor:
         self.block: list[dict] | None = None  # loaded lazily, so restoring costs nothing until read
         self.block_end = (0, 0)
         self.live: tuple[int, int, Iterator[dict]] | None = None  # open shard: (shard, next offset, samples)
+        # whether this epoch has yielded a sample; a position restored past the epoch's start had one
+        self.epoch_yielded = any((self.shard, self.offset, self.taken))
 
     def state_dict(self) -> dict:
         return dict(zip(POSITION_FIELDS, (self.epoch, self.shard, self.offset, self.taken)))
@@ -44,14 +50,27 @@ class SourceCursor:
                 self.load_block()
             if self.taken < len(self.block):
                 self.taken += 1
+                self.epoch_yielded = True
                 return self.block[self.taken - 1]
             self.shard, self.offset = self.block_end
             self.taken, self.block = 0, None
             if self.shard >= len(self.epoch_shards()):
+                self.check_epoch_yielded()
                 self.epoch, self.shard, self.offset = self.epoch + 1, 0, 0
+                self.epoch_yielded = False
                 if self.epoch_shards() == [] and self.epochs is None:
-                    raise RuntimeError(f"reader {self.reader} owns no shard of source {self.source_index}")
+                    raise DataError(f"reader {self.reader} owns no shard of source {self.source_index}")
         return None
+
+    def check_epoch_yielded(self) -> None:
+        shards = self.epoch_shards()
+        if self.epoch_yielded or not shards:  # no shard at all: a finite epoch may leave a reader without one
+            return
+        share = "" if self.n_readers == 1 else f" (reader {self.reader} of {self.n_readers}, epoch {self.epoch})"
+        raise DataError(
+            f"{_names(shards)}{share} {'holds' if len(shards) == 1 else 'hold'} no sample at all; "
+            "remove the empty shard(s) from the source's urls or rebuild them"
+        )
 
     def epoch_shards(self) -> list[str]:
         return shard_io.shards_for_reader(self.urls, self.reader, self.n_readers, self.epoch, self.seed, self.shuffle)
@@ -78,3 +97,9 @@ class SourceCursor:
         sample = next(self.live[2], None)
         self.live = None if sample is None else (shard, offset + 1, self.live[2])
         return sample
+
+
+def _names(urls: list[str], limit: int = 3) -> str:
+    listed = ", ".join(repr(u) for u in urls[:limit])
+    more = f" and {len(urls) - limit} more" if len(urls) > limit else ""
+    return f"shard {listed}" if len(urls) == 1 else f"shards {listed}{more}"

@@ -15,6 +15,8 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
+from .errors import DataError
+
 
 def expand_urls(urls) -> list[str]:
     """Brace patterns / ``::``-joined strings / lists -> flat list of shard URLs."""
@@ -72,7 +74,7 @@ def iter_raw_samples(url: str, skip: int = 0) -> Iterator[dict]:
         try:
             tar = tarfile.open(fileobj=stream, mode="r|*")
         except tarfile.TarError as e:
-            raise OSError(f"shard {url!r} is not a readable tar file ({e}); rebuild or remove it") from e
+            raise DataError(f"shard {url!r} is not a readable tar file ({e}); rebuild or remove it") from None
         index, current = 0, None
         try:
             for member in tar:
@@ -93,7 +95,7 @@ def iter_raw_samples(url: str, skip: int = 0) -> Iterator[dict]:
         except GeneratorExit:  # closed early (e.g. at exit, when module globals may already be gone)
             raise
         except tarfile.TarError as e:
-            raise OSError(f"shard {url!r} is corrupt after {index} samples ({e}); rebuild or remove it") from e
+            raise DataError(f"shard {url!r} is corrupt after {index} samples ({e}); rebuild or remove it") from None
         if current is not None and index >= skip:
             yield current
     finally:

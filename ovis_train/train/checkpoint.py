@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ovis_train.train.errors import ConfigError
+from ovis_train.train.errors import ConfigError, disk_full
 
 MARKER = "COMPLETE"
 _NAME = re.compile(r"step_(\d+)")
@@ -89,14 +89,20 @@ def save_atomic(
     barrier()
     try:
         write(tmp)
-    except BaseException:
+    except BaseException as e:
+        full = disk_full(e, tmp) if isinstance(e, Exception) else None  # measured before the cleanup frees space
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            kept = complete_checkpoints(root)
+            raise ConfigError(f"{full}; the partial checkpoint was removed and "
+                              + (f"{kept[-1].name} is intact (resume=auto continues from it)" if kept else
+                                 "no earlier checkpoint exists") + "; free space or move run_dir") from e
         raise
     barrier()
     if is_main:
         _write_marker(tmp, step)
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
         prune(root, keep_last)
     barrier()
     return final
@@ -119,7 +125,7 @@ def _write_marker(folder: Path, step: int) -> None:
         os.fsync(f.fileno())
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst``; an existing ``dst`` (same step saved again) is moved aside first."""
     if dst.exists():
         old = dst.with_name(f".tmp-old-{dst.name}")

@@ -142,6 +142,16 @@ def validate(cfg: Config) -> None:
         f"distributed.strategy={cfg.distributed.strategy!r}: choose ddp or deepspeed (distributed=ddp|zero2|zero3)",
     )
     _require(cfg.logger.backend in ("wandb", "none"), f"logger.backend={cfg.logger.backend!r}: choose wandb or none")
+    _check_run_dir(cfg.run_dir)
+
+
+def _check_run_dir(run_dir: str) -> None:
+    """A run directory must be (or become) a folder: a file there or above it is named before anything is built."""
+    path = Path(run_dir)
+    for place in (path, *path.parents):
+        if place.exists():
+            _require(place.is_dir(), f"run_dir={run_dir}: {place} is a file, not a folder; choose another run_dir")
+            return
 
 
 def _require(ok: bool, message: str) -> None:

@@ -25,3 +25,37 @@ def one_line_error(exc: BaseException) -> str | None:
             if line and line not in lines and not line.startswith(("To append", "object_type", "reference_type")):
                 lines.append(line)
     return " ".join(lines) + " (python -m ovis_train --cfg job prints every key and value)"
+
+
+def disk_full(exc: BaseException, path) -> ConfigError | None:
+    """The one-line error for ``exc`` raised while writing under ``path`` when the disk is full, else None.
+
+    Call it before removing what was written: torch's writer reports a full disk only as "unexpected
+    pos" / "file write failed" without an errno, so besides ENOSPC / EDQUOT anywhere in the exception
+    chain, a disk with (almost) nothing left counts as full.
+    """
+    import errno
+    import shutil
+    from pathlib import Path
+
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    by_errno = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain)
+    by_text = any("no space left" in str(e).lower() for e in chain)
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    io_error = any(isinstance(e, (OSError, RuntimeError)) for e in chain)  # torch's writer raises RuntimeError
+    if not (by_errno or by_text or (io_error and free is not None and free < _FULL_BELOW)):
+        return None
+    left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+    return ConfigError(f"no space left on the disk holding {where}{left} while writing {path}")
+
+
+_FULL_BELOW = 16 * 2**20  # bytes; less than one tensor chunk of a typical save

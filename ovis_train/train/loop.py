@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from accelerate.utils import set_seed
 
 from ovis_train.data import build_stream
 from ovis_train.model import build_model, model_components
-from ovis_train.train.checkpoint import resolve_resume
+from ovis_train.train.checkpoint import replace_dir, resolve_resume
 from ovis_train.train.config import Config
 from ovis_train.train.distributed import (
     accelerator_session,
@@ -30,7 +32,7 @@ from ovis_train.train.distributed import (
     broadcast_from_main,
     gathered_parameters,
 )
-from ovis_train.train.errors import ConfigError
+from ovis_train.train.errors import ConfigError, disk_full
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
@@ -59,6 +61,7 @@ def train(cfg: Config) -> Path:
         run_dir = Path(cfg.run_dir)
         resume_from = resolve_resume(cfg.resume, run_dir)
         rank, world = accelerator.process_index, accelerator.num_processes
+        _check_data(accelerator, cfg, bundle)  # before anything is written to run_dir
         stream = _user_error("data", build_stream, cfg.data, bundle, rank, world, "train")
         optimizer = build_optimizer(plan, t)
         scheduler = build_scheduler(optimizer, t)
@@ -104,6 +107,7 @@ def train(cfg: Config) -> Path:
                 metrics.update(health.summary(accelerator, _visual_vocab(bundle.model)))
             if t.eval_every and state.step % t.eval_every == 0:
                 metrics["eval/loss"] = _evaluate(accelerator, model, cfg, bundle)
+            metrics.update(_data_metrics(accelerator, stream))
             logger.log(state.step, metrics)
             if t.save_every and state.step % t.save_every == 0:
                 save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
@@ -123,8 +127,52 @@ def train(cfg: Config) -> Path:
 def _build_bundle(cfg: Config):
     if cfg.init_from and cfg.model.init_from and cfg.init_from != cfg.model.init_from:
         raise ConfigError(f"init_from={cfg.init_from} and model.init_from={cfg.model.init_from} disagree; set one")
-    model_cfg = cfg.model.replace(init_from=cfg.init_from or cfg.model.init_from)
+    init_from = cfg.init_from or cfg.model.init_from
+    model_cfg = cfg.model.replace(init_from=init_from)
+    if init_from and not os.path.isdir(init_from):  # then it can only be a hub id
+        try:
+            return build_model(model_cfg)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"init_from={init_from}: neither a local folder nor a hub id that can be reached "
+                f"({type(e).__name__}); pass a phase's export folder (<run_dir>/export) or a reachable hub id"
+            ) from e
     return _user_error("model", build_model, model_cfg)
+
+
+def _check_data(accelerator, cfg: Config, bundle) -> None:
+    """Every source and the held-out set yield a batch, the image block fits (``data.checks``); a problem
+    on any rank stops every rank with the same line."""
+    from ovis_train.data.checks import check_data
+
+    result = check_data(cfg.data, bundle, accelerator.process_index, accelerator.num_processes)
+    problems = result.problems
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        problems = gather_object(problems)
+    if accelerator.is_main_process:
+        for warning in result.warnings:
+            log.warning(warning)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s) with the data)" if len(problems) > 1 else ""
+        raise ConfigError(problems[0] + more)
+
+
+def _data_metrics(accelerator, stream) -> dict:
+    """data/* counters summed over ranks (each rank's reasons and modes may differ, so the keys are
+    gathered as well), and the bad fraction computed from the sums."""
+    counts = {k: v for k, v in stream.metrics().items() if k != "data/bad_fraction"}
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        summed: dict = {}
+        for rank_counts in gather_object([counts]):
+            for key, n in rank_counts.items():
+                summed[key] = summed.get(key, 0) + n
+        counts = summed
+    bad = sum(n for key, n in counts.items() if key.startswith("data/bad/"))
+    return {**counts, "data/bad_fraction": bad / max(counts.get("data/samples_seen", 0), 1)}
 
 
 def _user_error(what: str, build, *args):
@@ -243,10 +291,22 @@ def _config_dict(config_yaml: str) -> dict:
 
 
 def _export(accelerator, bundle, path: Path) -> None:
-    """The phase's result as a from_pretrained folder; the next phase starts from it (init_from)."""
+    """The phase's result as a from_pretrained folder; the next phase starts from it (init_from). Written
+    to a temp folder and renamed, so ``export/`` is either whole or absent (a full disk leaves no half)."""
+    tmp = path.with_name(".tmp-" + path.name)
     with gathered_parameters(accelerator, bundle.model):
         if accelerator.is_main_process:
-            bundle.save_pretrained(str(path))
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                bundle.save_pretrained(str(tmp))
+            except Exception as e:
+                full = disk_full(e, tmp)  # before the cleanup frees the space
+                shutil.rmtree(tmp, ignore_errors=True)
+                if full is not None:
+                    raise ConfigError(f"{full}; no export was written (the last checkpoint is intact: "
+                                      "free space, then rerun with resume=auto)") from e
+                raise
+            replace_dir(tmp, path)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         print(f"exported: {path}", flush=True)

@@ -16,6 +16,8 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from ovis_train.train.checkpoint import checkpoint_root, save_atomic
 from ovis_train.train.errors import ConfigError
 
@@ -79,12 +81,50 @@ def save_checkpoint(accelerator, run_dir, state: TrainState, stream, config_yaml
 
 def load_checkpoint(accelerator, folder: Path, stream) -> TrainState:
     """Restore model, optimizer, scheduler, RNG and data position in place; returns the train state."""
-    state = TrainState(**json.loads((folder / TRAIN_STATE_FILE).read_text()))
+    state = TrainState(**_load_file(folder / TRAIN_STATE_FILE, lambda f: json.loads(Path(f).read_text())))
     if state.world_size != accelerator.num_processes:
         raise ConfigError(
             f"{folder} was written by {state.world_size} processes, this run has {accelerator.num_processes}: "
             "resume with the same number, or start a new phase from an export with init_from=<folder>"
         )
-    accelerator.load_state(str(folder))
-    stream.load_state_dict(json.loads((folder / _dataloader_file(accelerator.process_index)).read_text()))
+    rank = accelerator.process_index
+    # Accelerate skips random states that fail to load with an INFO line: the run would go on unseeded
+    _load_file(folder / f"random_states_{rank}.pkl", lambda f: torch.load(f, weights_only=False))
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as e:  # noqa: BLE001 - a broken file is the user's to fix; otherwise a bug, re-raised
+        broken = _first_broken_file(folder)
+        if broken is None:
+            raise
+        raise ConfigError(_broken_message(broken[0], broken[1])) from e
+    stream_state = _load_file(folder / _dataloader_file(rank), lambda f: json.loads(Path(f).read_text()))
+    stream.load_state_dict(stream_state)
     return state
+
+
+def _load_file(path: Path, load):
+    try:
+        return load(path)
+    except Exception as e:  # noqa: BLE001 - any failure to read a checkpoint file is reported the same way
+        raise ConfigError(_broken_message(path, e)) from e
+
+
+def _first_broken_file(folder: Path) -> tuple[Path, Exception] | None:
+    """The first file of the checkpoint that does not load on its own (weights, optimizer, scheduler)."""
+    from safetensors.torch import load_file
+
+    for path in sorted(folder.iterdir()):
+        load = {".safetensors": load_file, ".bin": lambda f: torch.load(f, weights_only=False)}.get(path.suffix)
+        if load is None or not path.is_file():
+            continue
+        try:
+            load(str(path))
+        except Exception as e:  # noqa: BLE001
+            return path, e
+    return None
+
+
+def _broken_message(path: Path, e: Exception) -> str:
+    reason = " ".join(str(e).split())[:200]
+    return (f"checkpoint file {path} cannot be loaded ({type(e).__name__}: {reason}); the checkpoint is damaged: "
+            f"move {path.parent.name} aside (resume=auto then takes the one before) or resume=<another step_* folder>")
