@@ -1,0 +1,228 @@
+"""Faults injected for real (empty / zero-byte / all-bad shards, a full disk, damaged checkpoint files, a
+reused run directory): each ends in one line naming the problem, and the disk holds what it should."""
+
+import errno
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+from PIL import Image
+
+from ovis_train.data import DataConfig, SourceConfig, build_stream, write_shards
+from ovis_train.data.checks import check_data
+from ovis_train.data.errors import DataError
+from ovis_train.model import ModelConfig, build_model
+from ovis_train.train import loop
+from ovis_train.train.checkpoint import complete_checkpoints
+from ovis_train.train.config import compose
+from ovis_train.train.errors import ConfigError
+from ovis_train.train.loop import train
+from ovis_train.train.metrics import read_metrics
+from ovis_train.train.synthetic_data import synthetic_shards
+
+TINY = ["model=tiny", "data=synthetic", "logger=none"]
+
+
+@pytest.fixture(autouse=True)
+def synthetic_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("OVIS_TRAIN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def config(run_dir, *overrides):
+    return compose([*TINY, f"run_dir={run_dir}", *overrides])
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Broken and unusual shards, made for real on disk."""
+    root = tmp_path_factory.mktemp("shards")
+    empty = root / "empty-000000.tar"
+    tarfile.open(empty, "w").close()  # a valid tar without members (10 KiB of zeros)
+    zero = root / "zero-000000.tar"
+    zero.write_bytes(b"")
+    (bad,) = write_shards([{"__key__": f"b{i}", "png": b"not an image", "txt": "x"} for i in range(6)],
+                          str(root / "bad"), samples_per_shard=100, prefix="allbad")
+    palette = Image.new("RGB", (20, 20), (10, 200, 30)).convert("P")
+    mixed = [{"__key__": f"p{i}", "png": png(palette), "txt": "a green square"} for i in range(6)]
+    mixed += [{"__key__": f"x{i}", "png": b"garbage", "txt": "x"} for i in range(2)]
+    (unusual,) = write_shards(mixed, str(root / "mixed"), samples_per_shard=100, prefix="mixed")
+    return {"empty": str(empty), "zero": str(zero), "bad": bad, "unusual": unusual}
+
+
+# ---------------------------------------------------------------- data problems, before anything is written
+
+def run_cli(tmp_path, *overrides, timeout=240):
+    env = {**os.environ, "OVIS_TRAIN_CACHE": str(tmp_path.parent / "cache"), "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "ovis_train", *TINY, *overrides],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "holds no sample at all"),  # the cursor's epoch loop used to spin on it forever
+    ("zero", "is not a readable tar file"),
+    ("bad", "none of the 6 samples"),
+])
+def test_a_broken_second_source_stops_the_run_before_run_dir_is_written(tmp_path, shards, kind, message):
+    cfg = config(tmp_path / "run", "trainer.max_steps=2")
+    cfg.data.sources.append(SourceConfig(urls=shards[kind], weight=0.1, name="extra"))
+    with pytest.raises(ConfigError, match=r"^data source extra \(train\): ") as error:
+        train(cfg)
+    assert message in str(error.value) and os.path.basename(shards[kind]) in str(error.value)
+    assert not (tmp_path / "run").exists()  # no config.yaml, no metrics, no checkpoint
+
+
+def test_an_empty_source_from_the_command_line_is_one_line_and_exit_2(tmp_path, shards):
+    good = synthetic_shards("train", 256)
+    run_dir = tmp_path / "run"
+    result = run_cli(tmp_path, f"run_dir={run_dir}", "trainer.max_steps=2",
+                     f"data.sources=[{{urls:'{good}'}},{{urls:'{shards['empty']}',weight:0.1,name:extra}}]")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ovis-train: error: data source extra (train): ") and "empty-000000.tar" in last
+    assert not run_dir.exists()
+
+
+def test_an_empty_shard_in_an_endless_stream_is_an_error_within_seconds(shards):
+    """The same empty source met mid-run (no early check): the reader names it instead of looping."""
+    bundle = build_model(ModelConfig(preset="tiny"))
+    cfg = DataConfig(sources=[SourceConfig(urls=synthetic_shards("train", 64)),
+                              SourceConfig(urls=shards["empty"], weight=0.1)], batch_size=4, epochs=None)
+    start = time.monotonic()
+    with pytest.raises(DataError, match="empty-000000.tar.*holds no sample at all"):
+        for _ in build_stream(cfg, bundle):
+            pass
+    assert time.monotonic() - start < 30
+
+
+def test_a_max_length_that_cannot_hold_one_image_is_refused_with_the_minimum():
+    bundle = build_model(ModelConfig(preset="tiny"))
+    cfg = DataConfig(sources=[SourceConfig(urls=synthetic_shards("train", 64))], batch_size=4, max_length=10)
+    (problem,) = check_data(cfg, bundle).problems
+    assert "data.max_length=10 cannot hold one image" in problem
+    minimum = int(problem.split("set data.max_length >= ")[1].split(" ")[0])
+    assert minimum > 10
+    cfg.max_length = minimum - 1
+    assert check_data(cfg, bundle).problems
+    cfg.max_length = minimum  # the smallest length that fits one image and one caption token
+    assert check_data(cfg, bundle).problems == []
+
+
+# ---------------------------------------------------------------- data health in the metrics
+
+def test_bad_samples_and_conversions_reach_the_metrics_at_every_step(tmp_path, shards):
+    cfg = config(tmp_path, "trainer.max_steps=3", "data.max_bad_fraction=1.0", "data.shuffle=false")
+    cfg.data.sources.append(SourceConfig(urls=shards["unusual"], weight=3.0, name="unusual"))
+    run_dir = train(cfg)
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert row["data/samples_seen"] > 0 and 0 <= row["data/bad_fraction"] < 1
+    last = rows[-1]
+    assert last["data/bad/undecodable_image"] >= 1 and last["data/converted/P"] >= 1
+    bad = sum(v for k, v in last.items() if k.startswith("data/bad/"))
+    assert last["data/bad_fraction"] == pytest.approx(bad / last["data/samples_seen"])
+    assert rows[0]["data/samples_seen"] < last["data/samples_seen"]
+
+
+# ---------------------------------------------------------------- a full disk
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_export_leaves_no_half_export(tmp_path, monkeypatch):
+    from ovis_train.model.bundle import ModelBundle
+
+    save = ModelBundle.save_pretrained
+
+    def save_config_then_fail(self, path):
+        self.model.config.save_pretrained(path)  # config.json written, then the weights do not fit
+        _enospc()
+
+    monkeypatch.setattr(ModelBundle, "save_pretrained", save_config_then_fail)
+    with pytest.raises(ConfigError, match="no space left on the disk holding .*no export was written"):
+        train(config(tmp_path, "trainer.max_steps=2"))
+    assert not (tmp_path / "export").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    assert [p.name for p in complete_checkpoints(tmp_path / "checkpoints")] == ["step_00000002"]
+
+    monkeypatch.setattr(ModelBundle, "save_pretrained", save)  # space freed: the rerun exports
+    train(config(tmp_path, "trainer.max_steps=2", "resume=auto"))
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_chosen(tmp_path, monkeypatch):
+    import torch
+
+    save, calls = torch.save, []
+
+    def fail_at_second_save(obj, f, *args, **kwargs):  # the optimizer of step 2 does not fit
+        calls.append(str(f))
+        if "step_00000002" in str(f):
+            with open(f, "wb") as out:
+                out.write(b"\0" * 100)  # a partial file, as a full disk leaves it
+            _enospc()
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fail_at_second_save)
+    common = ["trainer.max_steps=3", "trainer.save_every=1", "trainer.keep_last=null"]
+    with pytest.raises(ConfigError, match=r"no space left .*step_00000001 is intact \(resume=auto"):
+        train(config(tmp_path, *common))
+    assert [p.name for p in complete_checkpoints(tmp_path / "checkpoints")] == ["step_00000001"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000001"]  # no temp left
+    monkeypatch.setattr(torch, "save", save)
+    train(config(tmp_path, *common, "resume=auto"))
+    assert [p.name for p in complete_checkpoints(tmp_path / "checkpoints")][-1] == "step_00000003"
+
+
+# ---------------------------------------------------------------- damaged checkpoints, bad paths
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished")
+    os.environ["OVIS_TRAIN_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    train(config(run_dir, "trainer.max_steps=2", "trainer.stop_at_step=1", "trainer.save_every=1"))
+    return run_dir
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin", "random_states_0.pkl"])
+def test_a_truncated_checkpoint_file_is_named_and_nothing_is_written(finished_run, tmp_path, name):
+    run_dir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(finished_run), str(run_dir)], check=True)
+    damaged = run_dir / "checkpoints" / "step_00000001" / name
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=f"checkpoint file .*{name} cannot be loaded"):
+        train(config(run_dir, "trainer.max_steps=2", "trainer.save_every=1", "resume=auto"))
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
+    assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step_00000001"]
+    assert not (run_dir / "export").exists()
+
+
+def test_init_from_a_missing_folder_is_one_line_naming_it(tmp_path):
+    missing = tmp_path / "no" / "such" / "export"
+    with pytest.raises(ConfigError, match=f"init_from={missing}: neither a local folder nor a hub id"):
+        train(config(tmp_path / "run", f"init_from={missing}"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_dir_that_is_a_file_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    monkeypatch.setattr(loop, "build_model", lambda *a: pytest.fail("the model was built"))
+    for run_dir in (afile, afile / "run"):
+        with pytest.raises(ConfigError, match="is a file, not a folder"):
+            train(config(run_dir))
+    assert afile.read_text() == "mine"
