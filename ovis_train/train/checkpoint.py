@@ -103,19 +103,21 @@ def save_atomic(
     if is_main:
         _write_marker(tmp, step)
         replace_dir(tmp, final)
-        prune(root, keep_last)
+        prune(root, keep_last, keep=final)
     barrier()
     return final
 
 
-def prune(root: str | Path, keep_last: int | None) -> None:
-    """Keep the newest ``keep_last`` complete checkpoints (None or <= 0: keep all); drop stale temps."""
+def prune(root: str | Path, keep_last: int | None, keep: Path | None = None) -> None:
+    """Keep the newest ``keep_last`` complete checkpoints (None or <= 0: keep all) and always ``keep`` (the
+    one just saved, whatever other step numbers are there); drop stale temps."""
     root = Path(root)
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     if keep_last and keep_last > 0:
         for old in complete_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old)
+            if old != keep:
+                shutil.rmtree(old)
 
 
 def _write_marker(folder: Path, step: int) -> None:

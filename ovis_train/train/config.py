@@ -4,7 +4,7 @@ Because the root is a registered schema, a misspelt key or a wrong type fails at
 (one error line from the entry point) instead of being silently ignored. Public override names
 (a contract, keep them): ``phase``, ``model``, ``data``, ``model.visual_vocab_size``,
 ``model.connector``, ``trainer.max_steps``, ``trainer.save_every``, ``trainer.seed``, ``run_dir``,
-``resume``, ``init_from``, ``logger``.
+``resume``, ``existing_run``, ``init_from``, ``logger``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class TrainerConfig:
     caption_eval_samples: int = 0
     vet_health_every: int = 10  # window (steps) for visual-token entropy / VET row usage; 0: off
     export: bool = True  # save a from_pretrained folder (run_dir/export) at the end of the phase
+    # on resume, a changed max_steps / warmup_ratio / min_lr_ratio rebuilds the lr schedule (else refused)
+    extend_schedule: bool = False
 
 
 @dataclass
@@ -83,6 +85,8 @@ class Config:
     # every rank takes rank 0's value, so a per-process timestamp here is harmless
     run_dir: str = "runs/${phase.name}-${now:%Y%m%d-%H%M%S}"
     resume: str | None = None  # auto | <checkpoint folder> | null
+    # a fresh start in a run_dir holding another run's checkpoints or export: refuse | move_aside
+    existing_run: str = "refuse"
     init_from: str | None = None  # a previous phase's export folder (or any Ovis2 checkpoint)
 
 
@@ -142,6 +146,8 @@ def validate(cfg: Config) -> None:
         f"distributed.strategy={cfg.distributed.strategy!r}: choose ddp or deepspeed (distributed=ddp|zero2|zero3)",
     )
     _require(cfg.logger.backend in ("wandb", "none"), f"logger.backend={cfg.logger.backend!r}: choose wandb or none")
+    _require(cfg.existing_run in ("refuse", "move_aside"),
+             f"existing_run={cfg.existing_run!r}: choose refuse or move_aside")
     _check_run_dir(cfg.run_dir)
 
 

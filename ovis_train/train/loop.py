@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 
 from ovis_train.data import build_stream
 from ovis_train.model import build_model, model_components
-from ovis_train.train.checkpoint import replace_dir, resolve_resume
+from ovis_train.train.checkpoint import replace_dir
 from ovis_train.train.config import Config
 from ovis_train.train.distributed import (
     accelerator_session,
@@ -37,6 +37,7 @@ from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
 from ovis_train.train.optim import build_optimizer, build_scheduler
+from ovis_train.train.resume import begin, plan_start
 from ovis_train.train.state import CONFIG_FILE, Seen, TrainState, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ def train(cfg: Config) -> Path:
             torch.cuda.reset_peak_memory_stats(accelerator.device)
         cfg = dataclasses.replace(cfg, run_dir=broadcast_from_main(accelerator, cfg.run_dir))
         run_dir = Path(cfg.run_dir)
-        resume_from = resolve_resume(cfg.resume, run_dir)
+        start = plan_start(cfg, run_dir)  # one run per run_dir; what a resume may change
+        resume_from = start.resume_from
         rank, world = accelerator.process_index, accelerator.num_processes
         _check_data(accelerator, cfg, bundle)  # before anything is written to run_dir
         stream = _user_error("data", build_stream, cfg.data, bundle, rank, world, "train")
@@ -68,20 +70,29 @@ def train(cfg: Config) -> Path:
         model, optimizer, scheduler = accelerator.prepare(bundle.model, optimizer, scheduler)
         model.train()  # from_pretrained leaves models in eval mode (no dropout, no gradient checkpointing)
 
-        state = TrainState(world_size=world)
+        state = TrainState(world_size=world, run_id=start.identity["id"])
         if resume_from is not None:
             state = load_checkpoint(accelerator, resume_from, stream)
+            state.run_id = start.identity["id"]
+        if accelerator.is_main_process:
+            begin(start, run_dir)
         config_yaml = _save_run_config(accelerator, cfg, run_dir)
         if accelerator.is_main_process:
-            print(f"run_dir: {run_dir}" + (f" (resumed from {resume_from.name})" if resume_from else ""))
+            where = resume_from and (resume_from.name if resume_from.parent == run_dir / "checkpoints" else resume_from)
+            print(f"run_dir: {run_dir} (run {state.run_id}" + (f", resumed from {where})" if resume_from else ")"))
+            for note in start.notes:
+                print(note)
             print(plan.table, flush=True)
 
-        logger = RunLogger(accelerator, cfg, run_dir, state.step, _config_dict(config_yaml))
+        logger = RunLogger(accelerator, cfg, run_dir, state.step, _config_dict(config_yaml), run_id=state.run_id)
         health = VetHealth(bundle.model)
         trainable = [p for group in plan.trainable_groups for p in group.params]
         batches = iter(stream)
         last_step = min(t.max_steps, t.stop_at_step or t.max_steps)
         saved_step = state.step if resume_from else None
+        # resumed after the end: keep the export (rewriting the same weights would only risk it)
+        already_done = resume_from is not None and state.step >= t.max_steps and (
+            not t.export or (run_dir / EXPORT_DIR).is_dir())
         data_ended = False
         while state.step < last_step:
             health.collecting = t.vet_health_every > 0
@@ -113,11 +124,13 @@ def train(cfg: Config) -> Path:
                 save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
                 saved_step = state.step
 
-        if t.caption_eval_samples:
+        if t.caption_eval_samples and not already_done:
             logger.log(state.step, {"eval/caption_accuracy": _caption_accuracy(accelerator, cfg, bundle)})
         if saved_step != state.step:
             save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
-        if t.export and (state.step >= t.max_steps or data_ended):
+        if already_done and accelerator.is_main_process:
+            print(f"the run had already finished at step {state.step}; nothing to do (the export is kept)")
+        if t.export and (state.step >= t.max_steps or data_ended) and not already_done:
             _export(accelerator, bundle, run_dir / EXPORT_DIR)
         logger.close()
         health.close()

@@ -17,7 +17,7 @@ METRICS_FILE = "metrics.jsonl"
 class RunLogger:
     """Rank 0 writes; every rank may call (trackers and the bar ignore non-main ranks)."""
 
-    def __init__(self, accelerator, cfg, run_dir: Path, start_step: int, config_dict: dict):
+    def __init__(self, accelerator, cfg, run_dir: Path, start_step: int, config_dict: dict, run_id: str | None = None):
         from tqdm.auto import tqdm
 
         self.accelerator = accelerator
@@ -30,7 +30,9 @@ class RunLogger:
             accelerator.init_trackers(
                 cfg.logger.project,
                 config=config_dict,
-                init_kwargs={"wandb": {"name": cfg.logger.name or Path(run_dir).name, "dir": str(run_dir)}},
+                # one wandb run per run (run.json's id): a resumed run continues it instead of starting another
+                init_kwargs={"wandb": {"name": cfg.logger.name or Path(run_dir).name, "dir": str(run_dir),
+                                       **({"id": run_id, "resume": "allow"} if run_id else {})}},
             )
         self.bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, disable=not self.main, desc=cfg.phase.name)
 

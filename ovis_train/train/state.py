@@ -43,6 +43,7 @@ class TrainState:
     images_seen: int = 0
     samples_seen: int = 0
     world_size: int = 1
+    run_id: str | None = None  # the run (run.json) that wrote it; None in checkpoints from before run ids
 
     def add(self, seen: Seen) -> None:
         self.tokens_seen += seen.tokens
