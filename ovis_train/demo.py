@@ -134,24 +134,26 @@ def main(argv: list[str] | None = None) -> dict:
     from accelerate.utils import set_seed
 
     from ovis_train.model import build_model
+    from ovis_train.run import METRICS_FILE, RunDir
 
+    p1, p2 = RunDir(out / "p1"), RunDir(out / "p2")
     results = {"dataset": dataset, "seed": args.seed, "p1_steps": args.p1_steps, "p2_steps": args.p2_steps}
     print(f"scoring the untrained model on {args.eval_samples} held-out {dataset} images ...", flush=True)
     set_seed(args.seed)  # the same initial weights as the P1 run (the trainer seeds before building)
     results["before P1"] = score(build_model(cfg.model), heldout, template, args.eval_samples)
-    run_phase("P1", [*P1, *common, f"trainer.max_steps={args.p1_steps}", f"run_dir={out / 'p1'}"])
-    results["after P1"] = score(out / "p1" / "export", heldout, template, args.eval_samples)
-    run_phase("P2", [*P2, *common, f"trainer.max_steps={args.p2_steps}", f"run_dir={out / 'p2'}",
-                     f"init_from={out / 'p1' / 'export'}"])
-    results["after P2"] = score(out / "p2" / "export", heldout, template, args.eval_samples)
+    run_phase("P1", [*P1, *common, f"trainer.max_steps={args.p1_steps}", f"run_dir={p1.path}"])
+    results["after P1"] = score(p1.export, heldout, template, args.eval_samples)
+    run_phase("P2", [*P2, *common, f"trainer.max_steps={args.p2_steps}", f"run_dir={p2.path}",
+                     f"init_from={p1.export}"])
+    results["after P2"] = score(p2.export, heldout, template, args.eval_samples)
     results["minutes"] = round((time.time() - started) / 60, 1)
 
     table = results_table(results)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n" + table)
-    print(f"\nruns, checkpoints and metrics.jsonl: {out / 'p1'}, {out / 'p2'}")
-    print(f"exports (from_pretrained folders): {out / 'p1' / 'export'}, {out / 'p2' / 'export'}")
+    print(f"\nruns, checkpoints and {METRICS_FILE}: {p1.path}, {p2.path}")
+    print(f"exports (from_pretrained folders): {p1.export}, {p2.export}")
     print(f"results: {out / 'results.md'}, {out / 'results.json'}")
     return results
 

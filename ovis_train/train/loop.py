@@ -35,10 +35,10 @@ from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
 from ovis_train.train.optim import build_optimizer, build_scheduler
-from ovis_train.train.state import CONFIG_FILE, Seen, TrainState, load_checkpoint, save_checkpoint
+from ovis_train.run import RunDir
+from ovis_train.train.state import Seen, TrainState, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-EXPORT_DIR = "export"
 
 
 def train(cfg: Config) -> Path:
@@ -114,7 +114,7 @@ def train(cfg: Config) -> Path:
         if saved_step != state.step:
             save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
         if t.export and (state.step >= t.max_steps or data_ended):
-            _export(accelerator, bundle, run_dir / EXPORT_DIR)
+            _export(accelerator, bundle, RunDir(run_dir).export)
         logger.close()
         health.close()
     return run_dir
@@ -231,7 +231,7 @@ def _save_run_config(accelerator, cfg: Config, run_dir: Path) -> str:
     text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(text)
+        RunDir(run_dir).config_file.write_text(text)
     accelerator.wait_for_everyone()
     return text
 
