@@ -90,18 +90,16 @@ def run_phase(name: str, overrides: list[str]) -> None:
 
 
 def score(bundle_or_path, heldout: str, template: str, n: int) -> dict:
-    import torch
-
-    from ovis_train.evaluate import caption_accuracy, heldout_loss
+    from ovis_train.evaluate import score as evaluate
     from ovis_train.model import load_model
 
     bundle = load_model(bundle_or_path) if isinstance(bundle_or_path, (str, Path)) else bundle_or_path
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the phases train (trainer.bf16=true)
-        acc = caption_accuracy(bundle, heldout, limit=n, prompt=template)
-        loss = heldout_loss(bundle, heldout, template, limit=n, caption_eos=True)  # as trained
-    print(f"held-out caption accuracy {acc.accuracy:.3f}, loss {loss:.3f} ({acc.n} images; e.g. "
-          f"{acc.examples[0][1]!r} -> {acc.examples[0][2]!r})", flush=True)
-    return {"caption_accuracy": acc.accuracy, "heldout_loss": loss, "n": acc.n, "examples": acc.examples[:5]}
+    # as the phases train: captions end with EOS (data.caption_eos=true), bf16 autocast (trainer.bf16=true)
+    result = evaluate(bundle, heldout, template, limit=n, caption_eos=True, bf16=True)
+    example = result["examples"][0]
+    print(f"held-out caption accuracy {result['caption_accuracy']:.3f}, loss {result['heldout_loss']:.3f} "
+          f"({result['n']} images; e.g. {example[1]!r} -> {example[2]!r})", flush=True)
+    return {k: result[k] for k in ("caption_accuracy", "heldout_loss", "n", "examples")}
 
 
 def main(argv: list[str] | None = None) -> dict:
