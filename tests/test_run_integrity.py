@@ -16,12 +16,11 @@ from ovis_train.data import DataConfig, SourceConfig, build_stream, write_shards
 from ovis_train.data.checks import check_data
 from ovis_train.data.errors import DataError
 from ovis_train.model import ModelConfig, build_model
+from ovis_train.run import RunDir, complete_checkpoints
 from ovis_train.train import loop
-from ovis_train.train.checkpoint import complete_checkpoints
 from ovis_train.train.config import compose
 from ovis_train.train.errors import ConfigError
 from ovis_train.train.loop import train
-from ovis_train.train.metrics import read_metrics
 from ovis_train.train.synthetic_data import synthetic_shards
 
 TINY = ["model=tiny", "data=synthetic", "logger=none"]
@@ -125,7 +124,7 @@ def test_bad_samples_and_conversions_reach_the_metrics_at_every_step(tmp_path, s
     cfg = config(tmp_path, "trainer.max_steps=3", "data.max_bad_fraction=1.0", "data.shuffle=false")
     cfg.data.sources.append(SourceConfig(urls=shards["unusual"], weight=3.0, name="unusual"))
     run_dir = train(cfg)
-    rows = read_metrics(run_dir)
+    rows = RunDir(run_dir).read_metrics()
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert row["data/samples_seen"] > 0 and 0 <= row["data/bad_fraction"] < 1

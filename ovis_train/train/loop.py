@@ -33,15 +33,16 @@ from ovis_train.train.distributed import (
     gathered_parameters,
 )
 from ovis_train.train.errors import ConfigError, disk_full
+from ovis_train.train.evaluation import caption_accuracy, first_batches, loss_sums
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
 from ovis_train.train.optim import build_optimizer, build_scheduler
+from ovis_train.run import RunDir, temp_path
 from ovis_train.train.resume import begin, plan_start
-from ovis_train.train.state import CONFIG_FILE, Seen, TrainState, load_checkpoint, save_checkpoint
+from ovis_train.train.state import Seen, TrainState, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-EXPORT_DIR = "export"
 
 
 def train(cfg: Config) -> Path:
@@ -78,7 +79,7 @@ def train(cfg: Config) -> Path:
             begin(start, run_dir)
         config_yaml = _save_run_config(accelerator, cfg, run_dir)
         if accelerator.is_main_process:
-            where = resume_from and (resume_from.name if resume_from.parent == run_dir / "checkpoints" else resume_from)
+            where = resume_from and (resume_from.name if resume_from.parent == RunDir(run_dir).checkpoints else resume_from)
             print(f"run_dir: {run_dir} (run {state.run_id}" + (f", resumed from {where})" if resume_from else ")"))
             for note in start.notes:
                 print(note)
@@ -92,7 +93,7 @@ def train(cfg: Config) -> Path:
         saved_step = state.step if resume_from else None
         # resumed after the end: keep the export (rewriting the same weights would only risk it)
         already_done = resume_from is not None and state.step >= t.max_steps and (
-            not t.export or (run_dir / EXPORT_DIR).is_dir())
+            not t.export or RunDir(run_dir).finished_export() is not None)
         data_ended = False
         while state.step < last_step:
             health.collecting = t.vet_health_every > 0
@@ -131,7 +132,7 @@ def train(cfg: Config) -> Path:
         if already_done and accelerator.is_main_process:
             print(f"the run had already finished at step {state.step}; nothing to do (the export is kept)")
         if t.export and (state.step >= t.max_steps or data_ended) and not already_done:
-            _export(accelerator, bundle, run_dir / EXPORT_DIR)
+            _export(accelerator, bundle, RunDir(run_dir).export)
         logger.close()
         health.close()
     return run_dir
@@ -240,29 +241,19 @@ def _count(micro_batches) -> list[int]:
     ]
 
 
-@torch.no_grad()
 def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
     """Token-weighted loss over the first ``eval_batches`` held-out batches of every rank."""
     stream = _user_error("data (eval)", build_stream, cfg.data, bundle, accelerator.process_index,
                          accelerator.num_processes, "eval")
-    batches = []
-    for batch in stream:
-        batches.append(batch)
-        if len(batches) == cfg.trainer.eval_batches:
-            break
+    batches = first_batches(stream, cfg.trainer.eval_batches)
     n = all_reduce_min(accelerator, len(batches))  # ZeRO-3 forwards are collective: same count everywhere
-    model.eval()
-    loss_sum = sum(float(token_loss_sum(model, b, accelerator.device)) for b in batches[:n])
-    model.train()
-    totals = all_reduce_sum(accelerator, [loss_sum, sum(supervised_tokens(b["labels"]) for b in batches[:n])])
+    totals = all_reduce_sum(accelerator, list(loss_sums(model, batches[:n], accelerator.device)))
     return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
 
 
 def _caption_accuracy(accelerator, cfg: Config, bundle) -> float:
-    """Exact-match accuracy of greedy captions of the first held-out images (ovis_train.evaluate), on the
-    main process while the others wait. Not under ZeRO-3: generation needs whole weights on one rank."""
-    from ovis_train.evaluate import caption_accuracy
-
+    """Exact-match accuracy of greedy captions of the first held-out images, on the main process while
+    the others wait. Not under ZeRO-3: generation needs whole weights on one rank."""
     zero_stage = cfg.distributed.deepspeed.get("zero_optimization", {}).get("stage")
     if cfg.distributed.strategy == "deepspeed" and zero_stage == 3:
         log.warning("trainer.caption_eval_samples is skipped under ZeRO-3; evaluate the export instead")
@@ -292,7 +283,7 @@ def _save_run_config(accelerator, cfg: Config, run_dir: Path) -> str:
     text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(text)
+        RunDir(run_dir).config_file.write_text(text)
     accelerator.wait_for_everyone()
     return text
 
@@ -306,7 +297,7 @@ def _config_dict(config_yaml: str) -> dict:
 def _export(accelerator, bundle, path: Path) -> None:
     """The phase's result as a from_pretrained folder; the next phase starts from it (init_from). Written
     to a temp folder and renamed, so ``export/`` is either whole or absent (a full disk leaves no half)."""
-    tmp = path.with_name(".tmp-" + path.name)
+    tmp = temp_path(path)
     with gathered_parameters(accelerator, bundle.model):
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

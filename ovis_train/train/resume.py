@@ -35,12 +35,11 @@ from pathlib import Path
 
 import yaml
 
-from ovis_train.train.checkpoint import complete_checkpoints, resolve_resume, step_of
+from ovis_train.run import CONFIG_FILE, IDENTITY_FILE, RunDir, complete_checkpoints, step_of, temp_path
+from ovis_train.train.checkpoint import resolve_resume
 from ovis_train.train.config import Config
 from ovis_train.train.errors import ConfigError
-
-IDENTITY_FILE = "run.json"
-EXPORT_DIR = "export"
+from ovis_train.train.state import TRAIN_STATE_FILE
 # model keys that change speed or memory, not what is trained
 _NOT_DEFINING = {"model.attn_implementation", "model.visual_chunk_size"}
 _OPTIMIZER = ("trainer.lr", "trainer.weight_decay", "trainer.betas", "trainer.eps")
@@ -71,9 +70,9 @@ def plan_start(cfg: Config, run_dir: str | Path) -> Start:
             )
         return Start(None, new_identity(), move_aside=bool(held))
 
-    checkpoint_config = yaml.safe_load((resume_from / "config.yaml").read_text()) if (
-        resume_from / "config.yaml").is_file() else None
-    same_dir = resume_from.resolve().parent == (run_dir / "checkpoints").resolve()
+    saved_config = resume_from / CONFIG_FILE
+    checkpoint_config = yaml.safe_load(saved_config.read_text()) if saved_config.is_file() else None
+    same_dir = resume_from.resolve().parent == RunDir(run_dir).checkpoints.resolve()
     if same_dir:
         newer = [p.name for p in complete_checkpoints(resume_from.parent) if step_of(p) > step_of(resume_from)]
         if newer:
@@ -112,8 +111,8 @@ def begin(start: Start, run_dir: str | Path) -> None:
     identity = dict(start.identity)
     if start.resume_from is not None:
         identity["resumed"] = identity.get("resumed", []) + [{"from": str(start.resume_from), "time": _now()}]
-    path = run_dir / IDENTITY_FILE
-    tmp = path.with_name(".tmp-" + path.name)
+    path = RunDir(run_dir).identity_file
+    tmp = temp_path(path)
     tmp.write_text(json.dumps(identity, indent=1) + "\n")
     os.replace(tmp, path)
 
@@ -123,25 +122,26 @@ def new_identity() -> dict:
 
 
 def read_identity(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / IDENTITY_FILE
+    path = RunDir(run_dir).identity_file
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} cannot be read ({e}); restore it or remove it to adopt the checkpoints' run") from e
+        raise ConfigError(f"{path} cannot be read ({e}); restore it, or remove it to adopt the checkpoints' run") from e
 
 
 def _held(run_dir: Path) -> str:
     """What of a run is in ``run_dir`` (checkpoints, export), as words; '' when nothing."""
-    found = complete_checkpoints(run_dir / "checkpoints")
+    run = RunDir(run_dir)
+    found = run.complete_checkpoints()
     held = [f"checkpoints up to {found[-1].name}"] if found else []
-    if (run_dir / EXPORT_DIR).exists():
-        held.append(f"{EXPORT_DIR}/")
+    if run.export.exists():
+        held.append(f"{run.export.name}/")
     return ", ".join(held)
 
 
 def _checkpoint_run_id(folder: Path) -> str | None:
     try:
-        return json.loads((folder / "train_state.json").read_text()).get("run_id")
+        return json.loads((folder / TRAIN_STATE_FILE).read_text()).get("run_id")
     except (OSError, ValueError):
         return None  # load_checkpoint names a damaged file
 
