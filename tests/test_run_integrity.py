@@ -21,6 +21,7 @@ from ovis_train.train import loop
 from ovis_train.train.config import compose
 from ovis_train.train.errors import ConfigError
 from ovis_train.train.loop import train
+from ovis_train.train.optim import lr_factor
 from ovis_train.train.synthetic_data import synthetic_shards
 
 TINY = ["model=tiny", "data=synthetic", "logger=none"]
@@ -225,3 +226,133 @@ def test_a_run_dir_that_is_a_file_is_refused_before_anything_is_built(tmp_path, 
         with pytest.raises(ConfigError, match="is a file, not a folder"):
             train(config(run_dir))
     assert afile.read_text() == "mine"
+
+
+# ---------------------------------------------------------------- one run per run_dir, explicit resume
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    """A finished 2-step run: checkpoints step 1 and 2, an export, run.json."""
+    run_dir = tmp_path_factory.mktemp("done")
+    os.environ["OVIS_TRAIN_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    train(config(run_dir, "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_last=null"))
+    return run_dir
+
+
+def copy_of(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(run_dir), str(copy)], check=True)
+    return copy
+
+
+def snapshot(run_dir):
+    """Every file under run_dir with its bytes."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_fresh_start_in_a_used_run_dir_is_refused_from_the_command_line_and_nothing_changes(done_run, tmp_path):
+    run_dir = copy_of(done_run, tmp_path)
+    before = snapshot(run_dir)
+    result = run_cli(tmp_path, f"run_dir={run_dir}", "trainer.max_steps=5", "trainer.keep_last=1")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ovis-train: error: run_dir={run_dir} already holds a run (checkpoints up to "
+                           "step_00000002, export/)")
+    assert "resume=auto" in last and "existing_run=move_aside" in last
+    assert snapshot(run_dir) == before
+
+
+def test_existing_run_move_aside_keeps_the_old_run_whole_next_to_the_new_one(done_run, tmp_path):
+    run_dir = copy_of(done_run, tmp_path)
+    before, old_id = snapshot(run_dir), RunDir(run_dir).read_identity()["id"] if hasattr(RunDir, "read_identity") \
+        else __import__("json").loads((run_dir / "run.json").read_text())["id"]
+    train(config(run_dir, "trainer.max_steps=1", "existing_run=move_aside"))
+    (aside,) = tmp_path.glob("run.old-*")
+    assert snapshot(aside) == before
+    new = __import__("json").loads((run_dir / "run.json").read_text())
+    assert new["id"] != old_id
+    assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step_00000001"]
+    assert [m["step"] for m in RunDir(run_dir).read_metrics()] == [1]
+
+
+@pytest.mark.parametrize("override, listed", [
+    ("model.visual_vocab_size=128", "model.visual_vocab_size: None -> 128"),
+    ("phase=p2", "phase.name: 'p1' -> 'p2'"),
+    ("trainer.lr=1e-3", "trainer.lr: 0.0002 -> 0.001"),
+])
+def test_resuming_with_a_different_model_or_phase_lists_the_keys_and_writes_nothing(done_run, tmp_path,
+                                                                                    override, listed):
+    run_dir = copy_of(done_run, tmp_path)
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match="was trained with different settings") as error:
+        train(config(run_dir, "trainer.max_steps=2", "resume=auto", override))
+    assert listed in str(error.value)
+    assert snapshot(run_dir) == before
+
+
+def test_more_steps_on_resume_need_extend_schedule_and_then_continue_the_same_run(done_run, tmp_path):
+    import json
+
+    run_dir = copy_of(done_run, tmp_path)
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps: 2 -> 4.*trainer\.extend_schedule=true"):
+        train(config(run_dir, "trainer.max_steps=4", "resume=auto"))
+    assert snapshot(run_dir) == before
+    old_export = (run_dir / "export" / "model.safetensors").read_bytes()
+    train(config(run_dir, "trainer.max_steps=4", "resume=auto", "trainer.extend_schedule=true"))
+    rows = RunDir(run_dir).read_metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # the documented schedule: steps 1-2 ran on the 2-step cosine, steps 3-4 on the one rebuilt for 4 steps
+    old_trainer, new_trainer = (config(run_dir, f"trainer.max_steps={n}").trainer for n in (2, 4))
+    lr = old_trainer.lr
+    assert [r["lr/vet"] for r in rows] == pytest.approx(
+        [lr * lr_factor(0, old_trainer), lr * lr_factor(1, old_trainer),
+         lr * lr_factor(2, new_trainer), lr * lr_factor(3, new_trainer)])
+    identity = json.loads((run_dir / "run.json").read_text())
+    assert identity["id"] == json.loads(before["run.json"])["id"] and len(identity["resumed"]) == 1
+    assert (run_dir / "export" / "model.safetensors").read_bytes() != old_export  # the 4-step weights
+
+
+def test_resuming_a_finished_run_again_changes_nothing(done_run, tmp_path):
+    run_dir = copy_of(done_run, tmp_path)
+    export = snapshot(run_dir / "export")
+    checkpoints = snapshot(run_dir / "checkpoints")
+    train(config(run_dir, "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_last=null", "resume=auto"))
+    assert snapshot(run_dir / "export") == export and snapshot(run_dir / "checkpoints") == checkpoints
+    assert [m["step"] for m in RunDir(run_dir).read_metrics()] == [1, 2]
+
+
+def test_resuming_an_older_checkpoint_in_place_is_refused(done_run, tmp_path):
+    run_dir = copy_of(done_run, tmp_path)
+    before = snapshot(run_dir)
+    older = run_dir / "checkpoints" / "step_00000001"
+    with pytest.raises(ConfigError, match="holds newer checkpoints \\(step_00000002\\)"):
+        train(config(run_dir, "trainer.max_steps=2", f"resume={older}"))
+    assert snapshot(run_dir) == before
+    branch = tmp_path / "branch"  # the way out the message names: continue it in a new run_dir
+    train(config(branch, "trainer.max_steps=2", f"resume={older}"))
+    assert [m["step"] for m in RunDir(branch).read_metrics()] == [2]
+    assert snapshot(run_dir) == before
+
+
+def test_keep_last_never_deletes_the_checkpoint_just_saved(tmp_path):
+    from ovis_train.train.checkpoint import save_atomic
+
+    root = tmp_path / "checkpoints"
+    for step in (5, 2):  # a higher step number already there (e.g. restored by hand)
+        save_atomic(root, step, lambda folder: (folder / "w").write_text("x"), keep_last=1)
+    assert [p.name for p in complete_checkpoints(root)] == ["step_00000002", "step_00000005"]
+
+
+def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    common = ["logger=wandb", "trainer.max_steps=2", "trainer.save_every=1"]
+    run_dir = tmp_path / "run"
+    train(compose(["model=tiny", "data=synthetic", f"run_dir={run_dir}", *common, "trainer.stop_at_step=1"]))
+    train(compose(["model=tiny", "data=synthetic", f"run_dir={run_dir}", *common, "resume=auto"]))
+    run_id = json.loads((run_dir / "run.json").read_text())["id"]
+    offline = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline)

@@ -75,6 +75,8 @@ def train(cfg: Config) -> Path:
         if resume_from is not None:
             state = load_checkpoint(accelerator, resume_from, stream)
             state.run_id = start.identity["id"]
+            if t.extend_schedule:
+                _apply_schedule(scheduler)
         if accelerator.is_main_process:
             begin(start, run_dir)
         config_yaml = _save_run_config(accelerator, cfg, run_dir)
@@ -266,6 +268,14 @@ def _caption_accuracy(accelerator, cfg: Config, bundle) -> float:
         bundle.model.train()
     accelerator.wait_for_everyone()
     return accuracy
+
+
+def _apply_schedule(scheduler) -> None:
+    """The next step's lr from the (possibly rebuilt) schedule: the loaded optimizer still holds the lr
+    the old schedule set."""
+    inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate wraps it
+    for group, base, factor in zip(inner.optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
+        group["lr"] = base * factor(inner.last_epoch)
 
 
 def _lrs(optimizer) -> dict:

@@ -19,7 +19,7 @@ How a phase may start (``plan_start``):
   The lr schedule (``trainer.max_steps``, ``warmup_ratio``, ``min_lr_ratio``) may change only with
   ``trainer.extend_schedule=true``: the schedule is then rebuilt for the new values and the step
   continues on it, so the lr moves at the resumed step to the new schedule's value (e.g. 100 -> 200
-  steps resumed at step 100: from the old floor back up to the new cosine's midpoint); the
+  steps resumed at step 100: from the old floor back up to the new cosine's value at step 100); the
   export is rewritten when the new ``max_steps`` is reached.
   Data settings follow the data stream's own rules (``ovis_train.data.stream``).
 """
