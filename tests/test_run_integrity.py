@@ -356,3 +356,22 @@ def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path, monkeypatch):
     run_id = json.loads((run_dir / "run.json").read_text())["id"]
     offline = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline)
+
+
+# ---------------------------------------------------------------- the console says what runs
+
+@pytest.mark.slow  # accelerate launch + one training process
+def test_accelerate_asked_for_two_processes_but_starting_one_says_so(tmp_path):
+    env = {**os.environ, "OVIS_TRAIN_CACHE": str(tmp_path.parent / "cache"), "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "disabled"}
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    result = subprocess.run(
+        [accelerate, "launch", "--num_processes", "2", "-m", "ovis_train", *TINY, "trainer.max_steps=2",
+         "trainer.eval_every=2", f"run_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "world size 1 (ranks 0-0), single process, cpu" in result.stdout
+    assert "asked for 2 processes but started this one only" in output and "--multi_gpu" in output
+    assert "step 2: eval/loss " in output
+    assert [m["step"] for m in RunDir(tmp_path / "run").read_metrics()] == [1, 2]

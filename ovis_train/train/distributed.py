@@ -40,6 +40,8 @@ def make_accelerator(cfg: Config):
             "or distributed=zero3 (and drop --use_deepspeed: the config carries the DeepSpeed settings)"
         )
     deepspeed = dist.strategy == "deepspeed"
+    if not torch.cuda.is_available():  # DeepSpeed, imported by transformers on save, would warn mid-bar
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     plugin = _deepspeed_plugin(cfg) if deepspeed else None
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=dist.find_unused_parameters)]
     if "LOCAL_RANK" in os.environ:  # a process group will be made
@@ -88,6 +90,60 @@ def _single_process_group_env() -> None:
     group = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     for key, value in group.items():
         os.environ.setdefault(key, value)
+
+
+def describe(accelerator) -> str:
+    """One line for the console: world size, this process's rank, strategy and device."""
+    n = accelerator.num_processes
+    if accelerator.state.deepspeed_plugin is not None:
+        strategy = f"deepspeed zero-{zero_stage(accelerator)}"
+    else:
+        strategy = "ddp" if n > 1 else "single process"
+    backend = f", backend {torch.distributed.get_backend()}" if torch.distributed.is_initialized() else ""
+    return f"world size {n} (ranks 0-{n - 1}), {strategy}, {accelerator.device.type}{backend}"
+
+
+def single_process_notice(accelerator) -> str | None:
+    """A warning when ``accelerate launch`` was asked for several processes but started only this one
+    (it does so without ``--multi_gpu``, also on CPUs, and for some config files), else None."""
+    if accelerator.num_processes != 1 or is_launched() or "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
+        return None  # not started alone by accelerate launch (it sets ACCELERATE_* for its one process)
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline") as f:
+            argv = f.read().split("\0")
+    except OSError:
+        return None
+    if "launch" not in argv:
+        return None
+    requested = _flag(argv, "--num_processes") or _flag(argv, "--num-processes")
+    if requested is None:
+        requested = _config_processes(_flag(argv, "--config_file") or _flag(argv, "--config-file"))
+    if not requested or int(requested) <= 1:
+        return None
+    return (f"accelerate launch was asked for {requested} processes but started this one only: it starts several "
+            "only with --multi_gpu (on CPUs too; distributed_type MULTI_GPU in a config file); this run trains "
+            "in 1 process")
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _config_processes(path: str | None) -> int | None:
+    import yaml
+
+    if path is None:
+        from accelerate.commands.config.config_args import default_config_file as path
+    try:
+        with open(path) as f:
+            return int((yaml.safe_load(f) or {}).get("num_processes") or 1)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def zero_stage(accelerator) -> int:

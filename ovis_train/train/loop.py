@@ -30,7 +30,9 @@ from ovis_train.train.distributed import (
     all_reduce_min,
     all_reduce_sum,
     broadcast_from_main,
+    describe,
     gathered_parameters,
+    single_process_notice,
 )
 from ovis_train.train.errors import ConfigError, disk_full
 from ovis_train.train.evaluation import caption_accuracy, first_batches, loss_sums
@@ -83,6 +85,9 @@ def train(cfg: Config) -> Path:
         if accelerator.is_main_process:
             where = resume_from and (resume_from.name if resume_from.parent == RunDir(run_dir).checkpoints else resume_from)
             print(f"run_dir: {run_dir} (run {state.run_id}" + (f", resumed from {where})" if resume_from else ")"))
+            print(describe(accelerator))
+            if notice := single_process_notice(accelerator):
+                log.warning(notice)
             for note in start.notes:
                 print(note)
             print(plan.table, flush=True)

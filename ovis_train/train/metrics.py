@@ -34,6 +34,8 @@ class RunLogger:
                                        **({"id": run_id, "resume": "allow"} if run_id else {})}},
             )
         self.bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, disable=not self.main, desc=cfg.phase.name)
+        # log records and Python warnings (captured into logging) are written above the bar, not through it
+        self._quiet = _LinesAboveBar()
 
     def log(self, step: int, metrics: dict) -> None:
         if self.main:
@@ -42,10 +44,32 @@ class RunLogger:
         self.accelerator.log(metrics, step=step)
         if "loss" in metrics:
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+        if "eval/loss" in metrics and self.main:
+            self.bar.write(f"step {step}: eval/loss {metrics['eval/loss']:.4f}")
         self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
         self.bar.close()
+        self._quiet.close()
+
+
+class _LinesAboveBar:
+    """While a run's bar is shown: logging goes through ``tqdm.write`` and ``warnings`` go to logging."""
+
+    def __init__(self):
+        import logging
+
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._redirect = logging_redirect_tqdm()
+        self._redirect.__enter__()
+        logging.captureWarnings(True)
+
+    def close(self) -> None:
+        import logging
+
+        logging.captureWarnings(False)
+        self._redirect.__exit__(None, None, None)
 
 
 def peak_memory_gb(device: torch.device) -> float:
