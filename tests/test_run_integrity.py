@@ -375,3 +375,45 @@ def test_accelerate_asked_for_two_processes_but_starting_one_says_so(tmp_path):
     assert "asked for 2 processes but started this one only" in output and "--multi_gpu" in output
     assert "step 2: eval/loss " in output
     assert [m["step"] for m in RunDir(tmp_path / "run").read_metrics()] == [1, 2]
+
+
+def _can_mount_tmpfs() -> bool:
+    try:
+        return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                               "mount -t tmpfs -o size=1m tmpfs /mnt || mount -t tmpfs -o size=1m tmpfs /tmp"],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.slow  # two training processes
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs a user namespace to mount a small tmpfs")
+def test_a_really_full_disk_while_checkpointing_then_more_space_resumes(tmp_path):
+    """run_dir on a 2 MB tmpfs (one tiny checkpoint is 1.25 MB): step 2's save runs out of space inside
+    torch's writer; then the tmpfs grows and resume=auto continues from step 1."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    train = (f"{sys.executable} -m ovis_train {' '.join(TINY)} run_dir={disk}/run trainer.max_steps=3 "
+             "trainer.save_every=1 trainer.keep_last=null")
+    script = f"""
+        mount -t tmpfs -o size=2000k tmpfs {disk} || exit 90
+        {train} 2> {tmp_path}/first.err; echo "first=$?"
+        find {disk}/run/checkpoints | sort | sed 's|{disk}/run/||'
+        mount -o remount,size=16m {disk}
+        {train} resume=auto 2> {tmp_path}/second.err; echo "second=$?"
+        ls {disk}/run/checkpoints {disk}/run/export
+    """
+    env = {**os.environ, "OVIS_TRAIN_CACHE": str(tmp_path.parent / "cache"), "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "disabled"}
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                            capture_output=True, text=True, env=env, timeout=500)
+    out = result.stdout.splitlines()
+    first_err = (tmp_path / "first.err").read_text().strip().splitlines()
+    assert "first=2" in out, first_err[-20:]
+    assert first_err[-1].startswith("ovis-train: error: no space left on the disk holding ")
+    assert "step_00000001 is intact (resume=auto continues from it)" in first_err[-1]
+    listed = out[out.index("first=2") + 1: out.index("first=2") + 1 + 10]
+    assert "checkpoints/step_00000001/COMPLETE" in listed and not any("step_00000002" in x for x in listed)
+    assert "second=0" in out, (tmp_path / "second.err").read_text()[-2000:]
+    after = out[out.index("second=0") + 1:]
+    assert {"step_00000001", "step_00000002", "step_00000003", "model.safetensors"} <= set(after)
