@@ -10,7 +10,7 @@ from PIL import Image
 
 from ovis_train.data import DataConfig, SourceConfig, build_stream, write_shards
 from ovis_train.data.decode import to_rgb
-from ovis_train.data.errors import DataError
+from ovis_train.errors import ConfigError
 from ovis_train.model import ModelConfig, build_model
 
 
@@ -102,18 +102,18 @@ def test_unusual_modes_convert_sanely():
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_too_many_bad_samples_stop_with_a_message_naming_the_limit(bad_shard, num_workers):
-    with pytest.raises(DataError, match=r"data\.max_bad_fraction=0\.2 exceeded.*Fix or rebuild"):
+    with pytest.raises(ConfigError, match=r"data\.max_bad_fraction=0\.2 exceeded.*Fix or rebuild"):
         run(bad_shard, max_bad_fraction=0.2, bad_check_min_samples=5, num_workers=num_workers)
 
 
 def test_missing_shard_names_the_path(bad_shard, tmp_path):
     missing = str(tmp_path / "nope-000003.tar")
-    with pytest.raises(FileNotFoundError, match="nope-000003.tar"):
+    with pytest.raises(ConfigError, match="nope-000003.tar"):
         run([bad_shard[0], missing])
 
 
 def test_unreadable_shard_names_the_path(tmp_path):
     broken = tmp_path / "broken-000000.tar"
     broken.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(DataError, match="broken-000000.tar"):
+    with pytest.raises(ConfigError, match="broken-000000.tar"):
         run([str(broken)])

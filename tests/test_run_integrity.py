@@ -14,7 +14,6 @@ from PIL import Image
 
 from ovis_train.data import DataConfig, SourceConfig, build_stream, write_shards
 from ovis_train.data.checks import check_data
-from ovis_train.data.errors import DataError
 from ovis_train.model import ModelConfig, build_model
 from ovis_train.run import RunDir, complete_checkpoints
 from ovis_train.train import loop
@@ -100,7 +99,7 @@ def test_an_empty_shard_in_an_endless_stream_is_an_error_within_seconds(shards):
     cfg = DataConfig(sources=[SourceConfig(urls=synthetic_shards("train", 64)),
                               SourceConfig(urls=shards["empty"], weight=0.1)], batch_size=4, epochs=None)
     start = time.monotonic()
-    with pytest.raises(DataError, match="empty-000000.tar.*holds no sample at all"):
+    with pytest.raises(ConfigError, match="empty-000000.tar.*holds no sample at all"):
         for _ in build_stream(cfg, bundle):
             pass
     assert time.monotonic() - start < 30

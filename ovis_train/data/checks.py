@@ -14,9 +14,10 @@ import dataclasses
 
 from PIL import Image
 
+from ovis_train.errors import ConfigError
+
 from .config import DataConfig
 from .decode import DecodedSample
-from .errors import DataError
 from .reader import Reader
 from .shards import shards_for_reader
 from .stream import build_stream
@@ -34,7 +35,7 @@ def check_data(cfg: DataConfig, bundle, rank: int = 0, world_size: int = 1) -> C
     for split in splits:
         try:
             stream = build_stream(cfg, bundle, rank, world_size, split)
-        except (ValueError, FileNotFoundError) as e:
+        except ConfigError as e:
             result.problems.append(f"data ({split}): {e}")
             continue
         if split == "train":
@@ -65,7 +66,7 @@ def _first_batch_problem(stream, index: int, name: str, rank: int) -> str | None
         reader = Reader(single, reader_index, None)
         try:
             batch, _ = next(reader.batches())
-        except DataError as e:
+        except ConfigError as e:
             return f"{what}: {e}"
         if batch is not None:
             return None

@@ -7,7 +7,7 @@ permuted with a seed derived from where it starts. The position is therefore fou
 ``shard``-th shard and ``taken`` of its samples were handed out. Restoring re-reads only that
 block (skipping ``offset`` samples of one shard without decoding them).
 
-A reader whose shards of an epoch hold no sample at all is an error naming them (``DataError``), not an
+A reader whose shards of an epoch hold no sample at all is an error naming them (a ``ConfigError``), not an
 endless walk from one empty epoch to the next.
 """
 
@@ -17,8 +17,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ovis_train.errors import ConfigError
+
 from . import shards as shard_io
-from .errors import DataError
 
 
 POSITION_FIELDS = ("epoch", "shard", "offset", "taken")
@@ -59,7 +60,7 @@ class SourceCursor:
                 self.epoch, self.shard, self.offset = self.epoch + 1, 0, 0
                 self.epoch_yielded = False
                 if self.epoch_shards() == [] and self.epochs is None:
-                    raise DataError(f"reader {self.reader} owns no shard of source {self.source_index}")
+                    raise ConfigError(f"reader {self.reader} owns no shard of source {self.source_index}")
         return None
 
     def check_epoch_yielded(self) -> None:
@@ -67,7 +68,7 @@ class SourceCursor:
         if self.epoch_yielded or not shards:  # no shard at all: a finite epoch may leave a reader without one
             return
         share = "" if self.n_readers == 1 else f" (reader {self.reader} of {self.n_readers}, epoch {self.epoch})"
-        raise DataError(
+        raise ConfigError(
             f"{_names(shards)}{share} {'holds' if len(shards) == 1 else 'hold'} no sample at all; "
             "remove the empty shard(s) from the source's urls or rebuild them"
         )

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ovis_train.errors import ConfigError
+
 from .collate import collate
 from .cursor import SourceCursor
 from .decode import BadSample, decode_sample
 from .encode import SampleEncoder
-from .errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Reader:
                         raw["__key__"], raw["__shard__"], bad, self.reader, self.bad, self.seen)
         n_bad = sum(self.bad.values())
         if self.seen >= self.spec.bad_check_min_samples and n_bad > self.spec.max_bad_fraction * self.seen:
-            raise DataError(
+            raise ConfigError(
                 f"data.max_bad_fraction={self.spec.max_bad_fraction} exceeded: {n_bad} of {self.seen} samples "
                 f"were bad in reader {self.reader} (last: {raw['__key__']!r} in {raw['__shard__']}); "
                 f"reasons: {self.bad}. Fix or rebuild the shards, or raise data.max_bad_fraction."

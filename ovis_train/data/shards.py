@@ -15,7 +15,7 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
-from .errors import DataError
+from ovis_train.errors import ConfigError
 
 
 def expand_urls(urls) -> list[str]:
@@ -40,11 +40,11 @@ def local_path(url: str) -> str | None:
 def check_shards_exist(urls: Sequence[str], what: str) -> None:
     """Fail at build time, naming the first missing local shard (remote ones fail on open)."""
     if not urls:
-        raise ValueError(f"{what}: no shards given (empty urls); set data.sources[].urls / data.eval_urls")
+        raise ConfigError(f"{what}: no shards given (empty urls); set data.sources[].urls / data.eval_urls")
     for url in urls:
         path = local_path(url)
         if path is not None and not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"{what}: shard {url!r} does not exist; check the pattern (brace ranges like "
                 f"{{000..009}} must match the files) or build the shards (python -m ovis_train.data.make_shards)"
             )
@@ -74,7 +74,7 @@ def iter_raw_samples(url: str, skip: int = 0) -> Iterator[dict]:
         try:
             tar = tarfile.open(fileobj=stream, mode="r|*")
         except tarfile.TarError as e:
-            raise DataError(f"shard {url!r} is not a readable tar file ({e}); rebuild or remove it") from None
+            raise ConfigError(f"shard {url!r} is not a readable tar file ({e}); rebuild or remove it") from None
         index, current = 0, None
         try:
             for member in tar:
@@ -95,7 +95,7 @@ def iter_raw_samples(url: str, skip: int = 0) -> Iterator[dict]:
         except GeneratorExit:  # closed early (e.g. at exit, when module globals may already be gone)
             raise
         except tarfile.TarError as e:
-            raise DataError(f"shard {url!r} is corrupt after {index} samples ({e}); rebuild or remove it") from None
+            raise ConfigError(f"shard {url!r} is corrupt after {index} samples ({e}); rebuild or remove it") from None
         if current is not None and index >= skip:
             yield current
     finally:

@@ -67,7 +67,7 @@ def train(cfg: Config) -> Path:
         resume_from = start.resume_from
         rank, world = accelerator.process_index, accelerator.num_processes
         _check_data(accelerator, cfg, bundle)  # before anything is written to run_dir
-        stream = _user_error("data", build_stream, cfg.data, bundle, rank, world, "train")
+        stream = build_stream(cfg.data, bundle, rank, world, "train")
         optimizer = build_optimizer(plan, t)
         scheduler = build_scheduler(optimizer, t)
         model, optimizer, scheduler = accelerator.prepare(bundle.model, optimizer, scheduler)
@@ -146,8 +146,6 @@ def train(cfg: Config) -> Path:
 
 
 def _build_bundle(cfg: Config):
-    if cfg.init_from and cfg.model.init_from and cfg.init_from != cfg.model.init_from:
-        raise ConfigError(f"init_from={cfg.init_from} and model.init_from={cfg.model.init_from} disagree; set one")
     init_from = cfg.init_from or cfg.model.init_from
     model_cfg = cfg.model.replace(init_from=init_from)
     if init_from and not os.path.isdir(init_from):  # then it can only be a hub id
@@ -158,7 +156,7 @@ def _build_bundle(cfg: Config):
                 f"init_from={init_from}: neither a local folder nor a hub id that can be reached "
                 f"({type(e).__name__}); pass a phase's export folder (<run_dir>/export) or a reachable hub id"
             ) from e
-    return _user_error("model", build_model, model_cfg)
+    return build_model(model_cfg)  # validate() agreed on init_from
 
 
 def _check_data(accelerator, cfg: Config, bundle) -> None:
@@ -194,14 +192,6 @@ def _data_metrics(accelerator, stream) -> dict:
         counts = summed
     bad = sum(n for key, n in counts.items() if key.startswith("data/bad/"))
     return {**counts, "data/bad_fraction": bad / max(counts.get("data/samples_seen", 0), 1)}
-
-
-def _user_error(what: str, build, *args):
-    """Builders report bad settings as ValueError / FileNotFoundError: those are config errors here."""
-    try:
-        return build(*args)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"{what}: {e}".replace("\n", " ")) from e
 
 
 def _next_micro_batches(batches, n: int) -> tuple[list[dict], float]:
@@ -250,8 +240,7 @@ def _count(micro_batches) -> list[int]:
 
 def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
     """Token-weighted loss over the first ``eval_batches`` held-out batches of every rank."""
-    stream = _user_error("data (eval)", build_stream, cfg.data, bundle, accelerator.process_index,
-                         accelerator.num_processes, "eval")
+    stream = build_stream(cfg.data, bundle, accelerator.process_index, accelerator.num_processes, "eval")
     batches = first_batches(stream, cfg.trainer.eval_batches)
     n = all_reduce_min(accelerator, len(batches))  # ZeRO-3 forwards are collective: same count everywhere
     totals = all_reduce_sum(accelerator, list(loss_sums(model, batches[:n], accelerator.device)))
