@@ -118,6 +118,17 @@ def test_a_max_length_that_cannot_hold_one_image_is_refused_with_the_minimum():
     assert check_data(cfg, bundle).problems == []
 
 
+def test_a_max_length_below_the_largest_multi_crop_block_only_warns():
+    bundle = build_model(ModelConfig(preset="tiny", max_crops=4))  # 1 crop: 23 tokens; 4 + thumbnail: 90
+    cfg = DataConfig(sources=[SourceConfig(urls=synthetic_shards("train", 64))], batch_size=4, max_length=64)
+    result = check_data(cfg, bundle)
+    assert result.problems == []
+    (warning,) = result.warnings
+    assert "largest multi-crop prompt (90 tokens, 4 crops)" in warning and "data.max_length >= 91" in warning
+    cfg.max_length = 91
+    assert check_data(cfg, bundle).warnings == []
+
+
 # ---------------------------------------------------------------- data health in the metrics
 
 def test_bad_samples_and_conversions_reach_the_metrics_at_every_step(tmp_path, shards):
