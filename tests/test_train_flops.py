@@ -120,3 +120,23 @@ def test_timm_backbone_forward_is_counted_by_torch():
     assert counter.count(StepShape(crops=2, lengths=(10, 10), logit_positions=2))["vit"] == 2 * torch_count.get_total_flops()
     p1 = counter_for(model, P1).count(StepShape(crops=2, lengths=(10, 10), logit_positions=2))["vit"]
     assert p1 > 2 * torch_count.get_total_flops()  # the last stage trains: its weight gradients on top
+
+
+def test_a_tiny_training_run_logs_the_counted_tflops_and_mfu(tmp_path, tmp_path_factory, monkeypatch, capsys):
+    from ovis_train.data import build_stream
+    from ovis_train.train.config import compose
+    from ovis_train.train.loop import train
+    from ovis_train.train.metrics import read_metrics
+
+    monkeypatch.setenv("OVIS_TRAIN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    cfg = compose(["model=tiny", "phase=p1", "data=synthetic", "logger=none", f"run_dir={tmp_path / 'run'}",
+                   "trainer.max_steps=2", "trainer.export=false", "trainer.peak_tflops=0.5"])
+    rows = read_metrics(train(cfg))
+    assert "tflops=" in capsys.readouterr().err  # the progress bar shows it
+
+    bundle = build_model(cfg.model)  # the same model and first batch, counted here
+    counter = counter_for(bundle.model, cfg.phase.rules)
+    first = next(iter(build_stream(cfg.data, bundle, 0, 1, "train")))
+    assert rows[0]["perf/tflops"] * rows[0]["step_seconds"] * 1e12 == pytest.approx(counter.total([first]), rel=1e-9)
+    for row in rows:
+        assert row["perf/tflops"] > 0 and row["perf/mfu"] == pytest.approx(row["perf/tflops"] / 0.5)

@@ -59,6 +59,12 @@ def peak_tflops(device: torch.device | str | None = None, override: float | None
     return next((peak for fragment, peak in PEAK_BF16_TFLOPS if fragment in name), None)
 
 
+def perf_metrics(flops: float, seconds: float, peak: float | None) -> dict:
+    """``perf/tflops`` (this device's model TFLOP/s over the step) and, given a peak, ``perf/mfu``."""
+    tflops = flops / seconds / 1e12
+    return {"perf/tflops": tflops, **({"perf/mfu": tflops / peak} if peak else {})}
+
+
 @dataclass(frozen=True)
 class StepShape:
     """What one batch asks of the model."""
