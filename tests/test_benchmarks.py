@@ -75,3 +75,13 @@ def test_trainer_overhead_small(capsys):
 def test_p1_vs_p2_small(capsys):
     p1_vs_p2.main(["--steps", "2", "--warmup", "1", "--batch-size", "2"])
     assert "P1/P2 step time" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_trainer_e2e_small(capsys):
+    from benchmarks import trainer_e2e
+
+    trainer_e2e.main(["--steps", "2", "--warmup", "1", "--batch-size", "4", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "| ovis-train (its stream) |" in out and "| transformers Trainer (map-style dataset" in out
+    assert "end to end: ovis-train" in out and "attention sdpa, weights float32" in out
