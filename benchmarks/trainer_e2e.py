@@ -52,14 +52,14 @@ def _overrides(batch_size: int, workers: int, bf16: bool) -> list[str]:
 def run_ovis_train(preset: str, phase: str, steps: int, warmup: int, batch_size: int, workers: int, bf16: bool,
                    threads: int) -> dict:
     from ovis_train.train.loop import train
-    from ovis_train.train.metrics import read_metrics
+    from ovis_train.run import RunDir
 
     set_threads(threads)
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_config(preset, phase, steps + warmup, run_dir, _overrides(batch_size, workers, bf16))
         with PeakMemory() as memory:
             train(cfg)
-        rows = read_metrics(run_dir)[warmup:]
+        rows = RunDir(run_dir).read_metrics()[warmup:]
     seconds = sum(r["step_seconds"] for r in rows)
     return {"samples_per_s": batch_size * len(rows) / seconds, "peak_mib": memory.mib,
             "compute_s": statistics.median(r["step_seconds"] * (1 - r["data_wait"]) for r in rows),

@@ -126,12 +126,12 @@ def test_a_tiny_training_run_logs_the_counted_tflops_and_mfu(tmp_path, tmp_path_
     from ovis_train.data import build_stream
     from ovis_train.train.config import compose
     from ovis_train.train.loop import train
-    from ovis_train.train.metrics import read_metrics
+    from ovis_train.run import RunDir
 
     monkeypatch.setenv("OVIS_TRAIN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     cfg = compose(["model=tiny", "phase=p1", "data=synthetic", "logger=none", f"run_dir={tmp_path / 'run'}",
                    "trainer.max_steps=2", "trainer.export=false", "trainer.peak_tflops=0.5"])
-    rows = read_metrics(train(cfg))
+    rows = RunDir(train(cfg)).read_metrics()
     assert "tflops=" in capsys.readouterr().err  # the progress bar shows it
 
     bundle = build_model(cfg.model)  # the same model and first batch, counted here
