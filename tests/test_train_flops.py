@@ -140,3 +140,22 @@ def test_a_tiny_training_run_logs_the_counted_tflops_and_mfu(tmp_path, tmp_path_
     assert rows[0]["perf/tflops"] * rows[0]["step_seconds"] * 1e12 == pytest.approx(counter.total([first]), rel=1e-9)
     for row in rows:
         assert row["perf/tflops"] > 0 and row["perf/mfu"] == pytest.approx(row["perf/tflops"] / 0.5)
+
+
+def test_lora_adapters_get_weight_gradients_the_frozen_base_does_not():
+    from peft import LoraConfig, get_peft_model
+
+    model = build_model(ModelConfig(preset="tiny")).model
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=r".*language_model.*(q|k|v|o|gate|up|down)_proj"))
+    flops = FlopCounter(lora).count(StepShape(crops=1, lengths=(20, 12), logit_positions=8))
+    tokens, attention = 32, 2 * LLM_ATTN_W * (20**2 + 12**2)
+    # rank-4 A (in x 4) and B (4 x out) on the 7 projections: 4 x sum(in + out) per layer
+    adapters = 4 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 128) * 2 + (128 + 64))
+    forward = 2 * (LLM_LAYER + adapters) * tokens
+    # layer 0: nothing before it trains (peft froze the VET): forward + adapter weight gradients +
+    # attention backward; layer 1: the same plus input gradients (layer 0's adapters train)
+    layer0 = forward + attention + 2 * adapters * tokens + 2 * attention
+    layer1 = layer0 + forward
+    assert flops["llm"] == layer0 + layer1
+    assert flops["lm_head"] == 2 * (2 * LM_HEAD * 8)  # frozen: forward + input gradients
+    assert flops["head+vet"] == 2 * HEAD * VISUAL_TOKENS + 2 * VET * VISUAL_TOKENS  # frozen, nothing upstream

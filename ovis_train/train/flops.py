@@ -12,10 +12,12 @@ What is counted (model FLOPs, as in PaLM / nanoGPT MFU, not hardware FLOPs):
 - attention: 4 x width x L^2 per layer and sample (QK^T and AV), bidirectional in the ViT (L =
   patches of one crop), causal in the LLM, where it counts half (2 x width x L^2). L is each
   sample's own length, so padding is not credited and packed samples are not charged for each other;
-- backward: weight gradients (1x the forward) only for weights that train; input gradients (1x)
-  where anything earlier in the forward trains (a frozen LLM under a trained VET still runs its whole
-  backward for input gradients; a frozen ViT under nothing trainable runs none); the attention
-  product's backward (2x its forward) wherever gradients pass through it;
+- backward: weight gradients (1x the forward) only for weights that train (LoRA: the adapters only);
+  input gradients (1x) of a layer's matmuls where anything before that layer trains (a frozen LLM
+  under a trained VET still runs its whole backward for input gradients; a frozen ViT under nothing
+  trainable runs none; the first trained layer's own internal input gradients are left out, so the
+  count errs low, never high); the attention product's backward (2x its forward) wherever gradients
+  pass through it;
 - recomputation is not credited: activation checkpointing and the chunked VET path cost more
   hardware FLOPs for the same model FLOPs;
 - visual head + VET per visual token: head 2 x in x (K - indicators), VET 2 x (K - indicators) x
@@ -137,6 +139,7 @@ class FlopCounter:
     """Model FLOPs of training steps of ``model`` (an ``OvisModel``); see the module docstring."""
 
     def __init__(self, model: nn.Module):
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
         config, vision = model.config, model.config.vision_config
         tower = model.model.vision_tower
         extractor = tower.transformer
