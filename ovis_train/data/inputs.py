@@ -127,30 +127,25 @@ def table_records(path: str, image_column: str = "image", caption_column: str = 
 
 def ovis_records(path: str, image_root: str | None = None) -> Iterator[Record]:
     """The Ovis (LLaVA) meta-JSON."""
-    base = image_root or os.path.dirname(os.path.abspath(path))
-    items = read_json_list(path)
-    keys = unique_keys(str(item.get("id", index)) if isinstance(item, dict) else str(index)
-                       for index, item in enumerate(items))
-    for index, (item, key) in enumerate(zip(items, keys)):
-        if not isinstance(item, dict) or not isinstance(item.get("conversations"), list):
-            raise ValueError(f'{path} record {index}: needs "conversations": [{{"from", "value"}}, ...]')
-        images = item.get("image") or []
-        images = [images] if isinstance(images, str) else list(images)
-        yield Record(key, {"json": {"conversations": item["conversations"]}}, [os.path.join(base, p) for p in images])
+    return _conversation_records(path, image_root, "conversations", "image", '{"from", "value"}')
 
 
 def messages_records(path: str, image_root: str | None = None) -> Iterator[Record]:
     """The ``{"messages", "images"}`` layout (LLaMA-Factory, ms-swift)."""
+    return _conversation_records(path, image_root, "messages", "images", '{"role", "content"}')
+
+
+def _conversation_records(path, image_root, turns_field, images_field, turn_shape) -> Iterator[Record]:
     base = image_root or os.path.dirname(os.path.abspath(path))
     items = read_json_list(path)
-    keys = unique_keys(str(item.get("id", index)) if isinstance(item, dict) else str(index)
+    keys = unique_keys(str(item["id"]) if isinstance(item, dict) and "id" in item else f"{index:08d}"
                        for index, item in enumerate(items))
     for index, (item, key) in enumerate(zip(items, keys)):
-        if not isinstance(item, dict) or not isinstance(item.get("messages"), list):
-            raise ValueError(f'{path} record {index}: needs "messages": [{{"role", "content"}}, ...]')
-        images = item.get("images") or []
+        if not isinstance(item, dict) or not isinstance(item.get(turns_field), list):
+            raise ValueError(f'{path} record {index}: needs "{turns_field}": [{turn_shape}, ...]')
+        images = item.get(images_field) or []
         images = [images] if isinstance(images, str) else list(images)
-        yield Record(key, {"json": {"messages": item["messages"]}}, [os.path.join(base, p) for p in images])
+        yield Record(key, {"json": {turns_field: item[turns_field]}}, [os.path.join(base, p) for p in images])
 
 
 def hf_records(path: str, split: str | None = None, image_column: str = "image",
