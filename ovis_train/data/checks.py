@@ -10,6 +10,7 @@ rank stops together.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from PIL import Image
@@ -17,7 +18,8 @@ from PIL import Image
 from ovis_train.errors import ConfigError
 
 from .config import DataConfig
-from .decode import DecodedSample
+from .decode import BadSample, DecodedSample
+from .encode import IGNORE_INDEX
 from .reader import Reader
 from .shards import shards_for_reader
 from .stream import build_stream
@@ -103,7 +105,7 @@ def _check_lengths(stream, cfg: DataConfig, result: CheckResult) -> None:
                 f"(plus the caption's length, e.g. data.max_length={_round_up(smallest + 64)})"
             )
             continue
-        crops = getattr(image_processor, "max_patches", 1) if getattr(image_processor, "crop_to_patches", False) else 1
+        crops = encoder.max_crops
         if crops > 1:
             largest = _prompt_length(encoder, template, Image.new("RGB", (size * crops, size)))
             if largest is not None and largest + 1 > cfg.max_length:
@@ -115,12 +117,14 @@ def _check_lengths(stream, cfg: DataConfig, result: CheckResult) -> None:
 
 
 def _prompt_length(encoder, template: str, image) -> int | None:
-    segments = encoder.caption_segments([DecodedSample(key="check", shard="", image=image, caption="x")], template)
-    try:
-        ids, _ = encoder.tokenize(segments[0][0], add_special_tokens=True)
-    except Exception:  # noqa: BLE001 - a processor that rejects a blank image: the first-batch check tells
+    """Tokens before the caption of a one-image caption sample (the encoder's own way, no length cap)."""
+    uncapped = copy.copy(encoder)
+    uncapped.max_length = 1 << 30
+    sample = DecodedSample(key="check", shard="", images=[image], caption="x")
+    (encoded,) = uncapped.encode_many([(sample, template)])
+    if isinstance(encoded, BadSample):  # a processor that rejects a blank image: the first-batch check tells
         return None
-    return len(ids)
+    return sum(label == IGNORE_INDEX for label in encoded.labels)
 
 
 def _crop_size(image_processor) -> int | None:

@@ -36,6 +36,7 @@ from ovis_train.train.distributed import (
 )
 from ovis_train.train.errors import ConfigError, disk_full
 from ovis_train.train.evaluation import caption_accuracy, first_batches, loss_sums
+from ovis_train.train.flops import FlopCounter, peak_tflops, perf_metrics
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
@@ -57,6 +58,7 @@ def train(cfg: Config) -> Path:
     plan.apply()
     if t.grad_checkpointing:  # non-reentrant: gradients flow even when the first layers are frozen
         bundle.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    flop_counter = FlopCounter(bundle.model)  # reads the freeze mask; before any wrapper shards the weights
 
     with accelerator_session(cfg) as accelerator:  # released even on errors (sweeps run members in-process)
         if accelerator.device.type == "cuda":  # memory/peak_gb: this phase's peak, not an earlier sweep member's
@@ -94,6 +96,7 @@ def train(cfg: Config) -> Path:
 
         logger = RunLogger(accelerator, cfg, run_dir, state.step, _config_dict(config_yaml), run_id=state.run_id)
         health = VetHealth(bundle.model)
+        peak = _peak_tflops(accelerator.device, t.peak_tflops)
         trainable = [p for group in plan.trainable_groups for p in group.params]
         batches = iter(stream)
         last_step = min(t.max_steps, t.stop_at_step or t.max_steps)
@@ -121,7 +124,8 @@ def train(cfg: Config) -> Path:
             metrics = {"loss": loss, "grad_norm": grad_norm, **lrs, "step_seconds": seconds,
                        "data_wait": data_wait / seconds, "tokens_per_s": seen.tokens / seconds,
                        "images_per_s": seen.images / seconds,
-                       "memory/peak_gb": peak_memory_gb(accelerator.device)}
+                       "memory/peak_gb": peak_memory_gb(accelerator.device),
+                       **perf_metrics(flop_counter.total(micro_batches), seconds, peak)}
             if t.vet_health_every and state.step % t.vet_health_every == 0:
                 metrics.update(health.summary(accelerator, _visual_vocab(bundle.model)))
             if t.eval_every and state.step % t.eval_every == 0:
@@ -270,6 +274,14 @@ def _apply_schedule(scheduler) -> None:
     inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate wraps it
     for group, base, factor in zip(inner.optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
         group["lr"] = base * factor(inner.last_epoch)
+
+
+def _peak_tflops(device, override: float | None) -> float | None:
+    peak = peak_tflops(device, override)
+    if peak is None and device.type == "cuda":
+        log.warning("no dense bf16 peak known for %s: set trainer.peak_tflops=<TFLOP/s> to log perf/mfu",
+                    torch.cuda.get_device_name(device))
+    return peak
 
 
 def _lrs(optimizer) -> dict:
