@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -57,6 +58,13 @@ class _Readers(IterableDataset):
             yield {**(batch or {}), "_slot": slot, "_state": state}
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave stop signals to the trainer, which finishes its step and saves; a worker that died
+    of Ctrl-C (its whole process group gets it) would take the run down with a traceback instead."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class DataStream:
     def __init__(self, spec: ReaderSpec, cfg: DataConfig, rank: int, world_size: int, split: str, fingerprint: str):
         self.spec, self.cfg, self.rank, self.world_size, self.split = spec, cfg, rank, world_size, split
@@ -71,7 +79,8 @@ class DataStream:
             # a tokenizer that used its thread pool before the fork can deadlock in the workers
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             batches = DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_workers,
-                                 prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory)
+                                 prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
+                                 worker_init_fn=_ignore_stop_signals)
         else:
             batches = dataset
         for batch in batches:
