@@ -34,12 +34,12 @@ class StepGuard:
         self.total = skipped_total
         self.streak = 0  # skipped steps in a row, ending at the latest step
 
-    def record(self, step: int, applied: bool, loss: float, grad_norm: float, last_checkpoint) -> None:
-        if applied:
-            self.streak = 0
-            return
-        self.total += 1
-        self.streak += 1
+    def record(self, applied: bool) -> None:
+        self.streak = 0 if applied else self.streak + 1
+        self.total += not applied
+
+    def check(self, step: int, loss: float, grad_norm: float, last_checkpoint) -> None:
+        """Raise ``Diverged`` when the streak ending at ``step`` reached the limit."""
         if self.streak >= self.max_consecutive:
             first = step - self.streak + 1
             raise Diverged(
@@ -79,8 +79,11 @@ def _tensors(model, optimizer) -> Iterator[tuple[str, torch.Tensor]]:
 @torch.no_grad()
 def nonfinite_tensors(model, optimizer=None) -> list[str]:
     """Names of this rank's floating-point tensors (see ``_tensors``) holding a NaN or an inf."""
-    bad = []
+    bad, seen = [], set()
     for name, tensor in _tensors(model, optimizer):
+        if id(tensor) in seen:  # without DeepSpeed the optimizer's params are the model's
+            continue
+        seen.add(id(tensor))
         if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
             bad.append(name)
     return bad

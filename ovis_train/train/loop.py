@@ -13,6 +13,7 @@ signal ends the phase at the next step boundary with one checkpoint (``ovis_trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -33,7 +34,7 @@ from ovis_train.train.distributed import (
     broadcast_from_main,
     gathered_parameters,
 )
-from ovis_train.train.errors import ConfigError, Stopped
+from ovis_train.train.errors import ConfigError, Diverged, Stopped
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.guard import StepGuard, require_finite
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
@@ -106,7 +107,7 @@ def train(cfg: Config) -> Path:
             health.collecting = False
             state.step += 1
             state.add(seen)
-            guard.record(state.step, applied, loss, grad_norm, last_checkpoint)
+            guard.record(applied)
             state.skipped_steps = guard.total
             if not applied and accelerator.is_main_process:
                 log.warning("step %d: loss=%g, grad_norm=%g: not finite, update skipped (%d in a row, stop at %d)",
@@ -121,15 +122,19 @@ def train(cfg: Config) -> Path:
             if t.eval_every and state.step % t.eval_every == 0:
                 metrics["eval/loss"] = _evaluate(accelerator, model, cfg, bundle)
             logger.log(state.step, metrics)
+            with _bar_closed_on_error(logger):
+                guard.check(state.step, loss, grad_norm, last_checkpoint)
             if t.save_every and state.step % t.save_every == 0:
-                require_finite(accelerator, model, optimizer, f"checkpoint step {state.step}")
+                with _bar_closed_on_error(logger):
+                    require_finite(accelerator, model, optimizer, f"checkpoint step {state.step}")
                 last_checkpoint = save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
                 saved_step = state.step
 
         if t.caption_eval_samples and stopped_at is None:
             logger.log(state.step, {"eval/caption_accuracy": _caption_accuracy(accelerator, cfg, bundle)})
         if saved_step != state.step:
-            require_finite(accelerator, model, optimizer, f"checkpoint step {state.step}")
+            with _bar_closed_on_error(logger):
+                require_finite(accelerator, model, optimizer, f"checkpoint step {state.step}")
             last_checkpoint = save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
         if t.export and stopped_at is None and (state.step >= t.max_steps or data_ended):
             _export(accelerator, bundle, run_dir / EXPORT_DIR)
@@ -140,6 +145,16 @@ def train(cfg: Config) -> Path:
         message = f"stopped at step {stopped_at}; resume with resume=auto run_dir={run_dir} ({stop.name})"
         raise Stopped(message if is_main else "")
     return run_dir
+
+
+@contextlib.contextmanager
+def _bar_closed_on_error(logger):
+    """The entry point's one-line error then starts a line of its own, not after the progress bar."""
+    try:
+        yield
+    except Diverged:
+        logger.close()
+        raise
 
 
 def _build_bundle(cfg: Config):
