@@ -88,6 +88,12 @@ def train(cfg: Config) -> Path:
         saved_step = state.step if resume_from else None
         last_checkpoint = resume_from
         guard = StepGuard(t.max_nonfinite_steps, state.skipped_steps)
+
+        def save() -> Path:  # never a NaN/inf tensor (all ranks check their shards first)
+            with _bar_closed_on_error(logger):
+                require_finite(accelerator, model, optimizer, f"checkpoint step {state.step}")
+            return save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
+
         data_ended = False
         while state.step < last_step:
             if stop.requested(accelerator):  # every rank agrees, before taking the next step's batches
@@ -125,17 +131,13 @@ def train(cfg: Config) -> Path:
             with _bar_closed_on_error(logger):
                 guard.check(state.step, loss, grad_norm, last_checkpoint)
             if t.save_every and state.step % t.save_every == 0:
-                with _bar_closed_on_error(logger):
-                    require_finite(accelerator, model, optimizer, f"checkpoint step {state.step}")
-                last_checkpoint = save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
+                last_checkpoint = save()
                 saved_step = state.step
 
         if t.caption_eval_samples and stopped_at is None:
             logger.log(state.step, {"eval/caption_accuracy": _caption_accuracy(accelerator, cfg, bundle)})
         if saved_step != state.step:
-            with _bar_closed_on_error(logger):
-                require_finite(accelerator, model, optimizer, f"checkpoint step {state.step}")
-            last_checkpoint = save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
+            last_checkpoint = save()
         if t.export and stopped_at is None and (state.step >= t.max_steps or data_ended):
             _export(accelerator, bundle, run_dir / EXPORT_DIR)
         logger.close()
