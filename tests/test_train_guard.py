@@ -16,13 +16,12 @@ import torch
 
 import faults
 from faults import checkpoint_tensors, differing_tensors
+from ovis_train.run import RunDir, complete_checkpoints
 from ovis_train.train import loop
-from ovis_train.train.checkpoint import complete_checkpoints
 from ovis_train.train.config import compose
 from ovis_train.train.errors import Diverged
 from ovis_train.train.guard import StepGuard, nonfinite_tensors
 from ovis_train.train.loop import train
-from ovis_train.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,12 +31,16 @@ def synthetic_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("OVIS_TRAIN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+def metrics_of(run_dir):
+    return RunDir(run_dir).read_metrics()
+
+
 def run(run_dir, *overrides):
     return train(compose(["model=tiny", "data=synthetic", "logger=none", f"run_dir={run_dir}", *overrides]))
 
 
 def checkpoint(run_dir, step):
-    return run_dir / "checkpoints" / f"step_{step:08d}"
+    return RunDir(run_dir).checkpoint(step)
 
 
 def test_step_guard_counts_skips_and_stops_after_a_streak():
@@ -69,7 +72,7 @@ def test_a_nan_batch_is_skipped_bit_identically_and_resume_stays_exact(tmp_path,
     faults.install(nan="2:0", setattr=monkeypatch.setattr)
     common = ["trainer.max_steps=4", "trainer.save_every=1", "trainer.keep_last=null"]
     straight = run(tmp_path / "straight", *common)
-    metrics = read_metrics(straight)
+    metrics = metrics_of(straight)
     assert [m["train/skipped_steps"] for m in metrics] == [0, 1, 1, 1]
     assert math.isnan(metrics[1]["loss"]) and all(math.isfinite(m["loss"]) for m in metrics[2:])
     assert metrics[2]["lr/vet"] < metrics[1]["lr/vet"] < metrics[0]["lr/vet"]  # the schedule moved on
@@ -81,8 +84,8 @@ def test_a_nan_batch_is_skipped_bit_identically_and_resume_stays_exact(tmp_path,
     resumed = tmp_path / "resumed"
     run(resumed, *common, "trainer.stop_at_step=2")  # the checkpoint right after the skipped step
     run(resumed, *common, "resume=auto")
-    assert [m["loss"] for m in read_metrics(resumed)][2:] == [m["loss"] for m in metrics][2:]
-    assert read_metrics(resumed)[-1]["train/skipped_steps"] == 1
+    assert [m["loss"] for m in metrics_of(resumed)][2:] == [m["loss"] for m in metrics][2:]
+    assert metrics_of(resumed)[-1]["train/skipped_steps"] == 1
     assert differing_tensors(checkpoint_tensors(straight / "export"), checkpoint_tensors(resumed / "export")) == []
 
 
@@ -118,7 +121,7 @@ def test_a_diverging_lr_stops_with_one_line_and_exit_4(tmp_path):
     (line,) = [l for l in result.stderr.splitlines() if l.startswith("ovis-train: error:")]
     assert "steps 2-4: 3 steps in a row had a non-finite loss or gradient norm" in line
     assert "weights are those of step 1" in line and "Lower trainer.lr" in line
-    metrics = read_metrics(tmp_path / "run")
+    metrics = metrics_of(tmp_path / "run")
     assert [m["train/skipped_steps"] for m in metrics] == [0, 1, 2, 3]  # the fatal step is logged too
     (last,) = complete_checkpoints(tmp_path / "run" / "checkpoints")  # keep_last=1: step 3, finite
     assert last.name == "step_00000003" and f"latest checkpoint: {last}" in line
@@ -139,7 +142,7 @@ def test_zero3_skips_a_nan_batch_bit_identically(tmp_path):
                "trainer.keep_last=null"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = read_metrics(run_dir)
+    metrics = metrics_of(run_dir)
     assert [m["train/skipped_steps"] for m in metrics] == [0, 1, 1]
     assert metrics[2]["lr/vet"] < metrics[1]["lr/vet"] < metrics[0]["lr/vet"]
     one, two, three = (checkpoint_tensors(checkpoint(run_dir, s)) for s in (1, 2, 3))

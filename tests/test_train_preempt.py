@@ -14,15 +14,18 @@ from pathlib import Path
 import pytest
 
 from faults import checkpoint_tensors, differing_tensors
-from ovis_train.train.checkpoint import complete_checkpoints
+from ovis_train.run import RunDir, complete_checkpoints
 from ovis_train.train.errors import EXIT_STOPPED
-from ovis_train.train.metrics import read_metrics
 from ovis_train.train.preempt import StopSignals
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = str(REPO / "tests" / "faults.py")
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 STOPPED = re.compile(r"ovis-train: stopped at step (\d+); resume with resume=auto run_dir=(\S+) \((SIG\w+)\)")
+
+
+def metrics_of(run_dir):
+    return RunDir(run_dir).read_metrics()
 
 
 def env(tmp_path, **extra):
@@ -112,7 +115,7 @@ def test_ctrl_c_saves_one_checkpoint_and_resume_ends_like_a_straight_run(tmp_pat
     assert not (resumed / "export").exists()
 
     finish(command(resumed, *common, "resume=auto"), environment)
-    assert [m["loss"] for m in read_metrics(resumed)] == [m["loss"] for m in read_metrics(straight)]
+    assert [m["loss"] for m in metrics_of(resumed)] == [m["loss"] for m in metrics_of(straight)]
     assert differing_tensors(checkpoint_tensors(straight / "export"), checkpoint_tensors(resumed / "export")) == []
 
 
@@ -170,13 +173,13 @@ def test_two_processes_stop_on_a_signal_and_resume_exactly(tmp_path, straight_ru
     assert {"dataloader_rank0.json", "dataloader_rank1.json"} <= {p.name for p in saved[-1].iterdir()}
 
     # the NaN batch of step 2 (rank 1 only) was skipped on both ranks, changing nothing
-    metrics = read_metrics(run_dir)
+    metrics = metrics_of(run_dir)
     assert [m["train/skipped_steps"] for m in metrics[:3]] == [0, 1, 1]
     assert differing_tensors(checkpoint_tensors(saved[0]), checkpoint_tensors(saved[1])) == []
 
     finish(command(run_dir, *_common(distributed), "resume=auto", processes=2), environment)
     straight = straight_runs(distributed)
-    assert [m["loss"] for m in read_metrics(run_dir)][2:] == [m["loss"] for m in read_metrics(straight)][2:]
+    assert [m["loss"] for m in metrics_of(run_dir)][2:] == [m["loss"] for m in metrics_of(straight)][2:]
     final = f"checkpoints/step_{7:08d}"
     assert differing_tensors(checkpoint_tensors(straight / final), checkpoint_tensors(run_dir / final)) == []
     assert differing_tensors(checkpoint_tensors(straight / "export"), checkpoint_tensors(run_dir / "export")) == []
