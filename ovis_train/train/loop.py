@@ -49,7 +49,12 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: Config) -> Path:
-    """Run (or resume) one phase; returns its run directory."""
+    """Run (or resume) one phase; returns its run directory. Stop signals from here on save first."""
+    with StopSignals() as stop:
+        return _train(cfg, stop)
+
+
+def _train(cfg: Config, stop: StopSignals) -> Path:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # it reports every file it saves at INFO
     t = cfg.trainer
     set_seed(t.seed)  # same initial weights on every rank
@@ -60,7 +65,7 @@ def train(cfg: Config) -> Path:
         bundle.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     stopped_at = None
-    with StopSignals() as stop, accelerator_session(cfg) as accelerator:  # released even on errors (sweeps)
+    with accelerator_session(cfg) as accelerator:  # released even on errors (sweeps run members in-process)
         if accelerator.device.type == "cuda":  # memory/peak_gb: this phase's peak, not an earlier sweep member's
             torch.cuda.reset_peak_memory_stats(accelerator.device)
         cfg = dataclasses.replace(cfg, run_dir=broadcast_from_main(accelerator, cfg.run_dir))
