@@ -44,7 +44,7 @@ def install(nan: str | None = None, setattr=setattr) -> None:
             Path(ready).touch()
         time.sleep(slow)
         out, waited = real_next(batches, n)
-        if out and nan_at.get(step["next"]) in (rank, "*"):
+        if out and nan_at.get(step["next"]) in (rank, "*"):  # (the tests' batches all have images)
             out[0] = {**out[0], "pixel_values": out[0]["pixel_values"] * math.nan}
         step["next"] += 1
         return out, waited
