@@ -4,11 +4,13 @@
         phase=p1 model=demo model.visual_vocab_size=1024,4096 run_dir=runs/k-sweep
 
 (``bash launch.sh --sweep ...`` calls this with its accelerate arguments.) A Hydra multirun inside one
-distributed launch would run every member on every rank (DESIGN.md §7); here the sweep stays outside.
+distributed launch would run every member on every rank; here the sweep stays outside.
 Members are expanded exactly as ``python -m ovis_train -m`` expands them (Hydra's override grammar and
-basic sweeper) and get the same run directory names (``hydra.job.override_dirname``). Each member's
-output goes to the console and ``<member>/launch.log``; its end is recorded (``sweep_member.json``)
-and the summary rewritten after each member. Exit status 1 when any member failed.
+basic sweeper), get the same run directory names (``naming.member_name``: the swept keys only) and the
+same held-out defaults. Each member's output goes to the console and ``<member>/launch.log``; its start
+and end are recorded (``sweep_member.json``) and the summary rewritten after each member. Exit status 1
+when any member failed or the summary found fewer members than the sweep has. ``--resume`` reruns a
+stopped sweep: finished members are skipped, unfinished ones continue from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -24,21 +26,13 @@ from pathlib import Path
 
 import yaml
 
-from .collect import SWEEP_FILE
-from .record import MemberRecord, one_line, write_record
+from .multirun import heldout_defaults
+from .naming import SWEEP_FILE, expand_members, member_name, swept_keys_of
+from .record import MemberRecord, one_line, read_record, write_record
 from .summarize import summarize
 
 DEFAULT_LAUNCHER = f"{shlex.quote(sys.executable)} -m ovis_train"
 ERROR_PREFIX = "ovis-train: error: "  # the trainer's one-line configuration errors
-
-
-def expand_members(overrides: list[str]) -> list[list[str]]:
-    """Sweep overrides (``k=a,b``, ``range(...)``, ``choice(...)``) -> one override list per member."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    (members,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
-    return members
 
 
 @dataclass
@@ -52,19 +46,20 @@ class PrimaryConfig:
         return [*(["--config-dir", self.dir] if self.dir else []), *(["--config-name", self.name] if self.name else [])]
 
 
-def member_dir_name(overrides: list[str], primary: PrimaryConfig) -> str:
-    """The run directory name a multirun gives this member (checks the config composes, too)."""
+def member_defaults(overrides: list[str], primary: PrimaryConfig) -> list[str]:
+    """Composes the member's config (a config error is the member's, before any launch) and returns the
+    sweep defaults it lacks (held-out evaluation at the end, as ``-m`` members get), as overrides."""
     from hydra import compose, initialize_config_dir
 
-    from ovis_train.train.config import CONF_DIR, register
+    from ovis_train.train.config import CONF_DIR, register, to_config
 
     register()
     # --config-dir puts its folder before ours on the search path: the same here
     config_dir = str(Path(primary.dir).resolve()) if primary.dir else str(CONF_DIR)
     ours = [f"hydra.searchpath=[file://{CONF_DIR}]"] if primary.dir else []
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        config = compose(config_name=primary.name or "config", overrides=[*overrides, *ours], return_hydra_config=True)
-    return config.hydra.job.override_dirname
+        config = to_config(compose(config_name=primary.name or "config", overrides=[*overrides, *ours]))
+    return [f"{key}={value}" for key, value in heldout_defaults(config, overrides).items()]
 
 
 def quoted(path: Path) -> str:
@@ -93,27 +88,38 @@ def error_line(status: int, tail: list[str]) -> str:
     return f"exit status {status}: {last}"
 
 
-def sweep(launcher: list[str], overrides: list[str], primary: PrimaryConfig = PrimaryConfig()) -> int:
+def sweep(launcher: list[str], overrides: list[str], primary: PrimaryConfig = PrimaryConfig(),
+          resume: bool = False) -> int:
+    """Run every member; ``resume``: skip members recorded as completed, continue the others from their
+    last checkpoint (``resume=auto``), e.g. after the machine went down midway."""
     run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
     if len(run_dirs) != 1 or "," in run_dirs[0]:
         raise SystemExit("ovis_train.sweep.launch: give the sweep folder as one run_dir=<folder>")
     sweep_dir = Path(run_dirs[0])
     main_node = os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "0")) == "0"
     sweep_overrides = [o for o in overrides if not o.startswith("run_dir=")]
-    if main_node:  # what the summary labels members by (a multirun has Hydra's multirun.yaml for that)
+    if main_node:  # what the summary labels and counts members by (a multirun has Hydra's multirun.yaml)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(yaml.safe_dump({"overrides": sweep_overrides}))
+    swept = swept_keys_of(sweep_overrides)
     failed = 0
     for num, member in enumerate(expand_members(sweep_overrides)):
+        run_dir = sweep_dir / member_name(member, swept, num)
+        previous = read_record(run_dir)
+        if resume and previous is not None and previous.status == "completed":
+            print(f"[sweep] member {num}: {' '.join(member)} -> {run_dir} (completed before: skipped)", flush=True)
+            continue
         record = MemberRecord(overrides=member, job_num=num)
         try:
-            run_dir = sweep_dir / member_dir_name(member, primary)
+            extra = member_defaults(member, primary)
         except Exception as e:  # noqa: BLE001 - the member's config does not compose: record it, go on
-            run_dir = sweep_dir / f"member-{num}"
             record.status, record.error = "failed", one_line(e)
         else:
             print(f"[sweep] member {num}: {' '.join(member)} -> {run_dir}", flush=True)
-            command = [*launcher, *primary.flags(), *member, f"run_dir={quoted(run_dir)}"]
+            if main_node:
+                write_record(run_dir, MemberRecord(overrides=member, job_num=num, status="started"))
+            again = ["resume=auto"] if resume and not any(o.startswith("resume=") for o in member) else []
+            command = [*launcher, *primary.flags(), *member, *extra, *again, f"run_dir={quoted(run_dir)}"]
             status, tail = run_member(command, run_dir / "launch.log")
             record.status = "completed" if status == 0 else "failed"
             record.error = None if status == 0 else error_line(status, tail)
@@ -121,9 +127,13 @@ def sweep(launcher: list[str], overrides: list[str], primary: PrimaryConfig = Pr
         if main_node:
             write_record(run_dir, record)
             summarize(sweep_dir)
-    if main_node:
-        print(f"sweep summary: {sweep_dir / 'summary.md'}" + (f" ({failed} failed)" if failed else ""), flush=True)
-    return 1 if failed else 0
+    if not main_node:
+        return 1 if failed else 0
+    summary = summarize(sweep_dir)
+    print(f"sweep summary: {summary.path}" + (f" ({failed} failed)" if failed else ""), flush=True)
+    if summary.problem:
+        print(f"{ERROR_PREFIX}{summary.problem}", file=sys.stderr, flush=True)
+    return 1 if failed or summary.problem else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="command that runs one member, given its overrides (default: %(default)s)")
     parser.add_argument("--config-dir", help="Hydra's --config-dir for every member (e.g. a recipe's conf folder)")
     parser.add_argument("--config-name", help="Hydra's --config-name for every member")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip members completed before; continue the others from their last checkpoint")
     parser.add_argument("overrides", nargs="+", help="Hydra overrides, sweeps as k=a,b; must include run_dir=")
     args = parser.parse_intermixed_args(argv)  # options may come between overrides (launch.sh passes them on)
-    return sweep(shlex.split(args.launcher), args.overrides, PrimaryConfig(args.config_dir, args.config_name))
+    return sweep(shlex.split(args.launcher), args.overrides, PrimaryConfig(args.config_dir, args.config_name),
+                 resume=args.resume)
 
 
 if __name__ == "__main__":
