@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 VISION_KINDS = ("native", "siglip", "siglip2", "clip", "timm")
 CONNECTORS = ("vet", "mlp")
-TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax")
+TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax", "gelu")  # gelu: the softmax ablation (modeling.py)
 DTYPES = ("float32", "bfloat16", "float16")
 VET_INITS = ("normal", "text_embeddings")
 
@@ -34,7 +34,7 @@ class ModelConfig:
     # tokens' embeddings, at the LLM's scale: P1 learns much faster) | from:<export> (warm start from a trained
     # VET of another size: rows split or merged, vet_init.py); None = the preset's
     vet_init: str | None = None
-    tokenize_function: str = "softmax"  # softmax | gumbel_argmax | st_argmax
+    tokenize_function: str = "softmax"  # softmax | gumbel_argmax | st_argmax | gelu (GELU in place of the softmax)
     softmax_fp32: bool = True  # visual softmax in fp32 whatever the model dtype (as Ovis2.5 does)
     max_crops: int | None = None  # Ovis2 multi-crop grid size limit; 1 = one crop per image
     dtype: str = "float32"
