@@ -102,3 +102,28 @@ def test_a_summary_with_fewer_members_than_the_sweep_says_so_and_fails(tmp_path,
     make_member(tmp_path, "model.visual_vocab_size=256", 2, [3.0, 2.2])
     assert main([str(tmp_path)]) == 0
     assert "Incomplete" not in (tmp_path / "summary.md").read_text()
+
+
+def test_a_sweep_over_seeds_gets_mean_and_std_per_group_from_its_finished_members(tmp_path):
+    import statistics
+
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: [\"arm=a,b\", \"trainer.seed=0,1,2\", trainer.max_steps=3]\n")
+    accuracy = {("a", 0): 0.70, ("a", 1): 0.74, ("a", 2): 0.75, ("b", 0): 0.60, ("b", 1): 0.64}
+    for num, ((arm, seed), acc) in enumerate(accuracy.items()):
+        run = tmp_path / f"arm={arm},trainer.seed={seed}"
+        run.mkdir()
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 3, "loss": 1.0, "eval/loss": 1.0 + seed,
+                                                       "eval/caption_accuracy": acc}) + "\n")
+        write_record(run, MemberRecord([f"arm={arm}", f"trainer.seed={seed}", "trainer.max_steps=3"], num, "completed"))
+    write_record(tmp_path / "arm=b,trainer.seed=2", MemberRecord(["arm=b", "trainer.seed=2", "trainer.max_steps=3"],
+                                                                 5, "started"))  # stopped: not in the means
+    summary = summarize(tmp_path)
+    assert summary.problem is None  # 6 of 6 members found (one unfinished)
+    groups = {r["group"]: r for r in read_csv(tmp_path / "summary_seeds.csv")}
+    assert set(groups) == {"arm=a", "arm=b"} and groups["arm=a"]["n"] == "3" and groups["arm=b"]["n"] == "2"
+    assert float(groups["arm=a"]["eval_caption_accuracy_mean"]) == pytest.approx(statistics.fmean([0.70, 0.74, 0.75]))
+    assert float(groups["arm=a"]["eval_caption_accuracy_std"]) == pytest.approx(statistics.stdev([0.70, 0.74, 0.75]))
+    assert float(groups["arm=b"]["eval_loss_mean"]) == pytest.approx(1.5)
+    text = summary.path.read_text()
+    assert "## Mean ± std over seeds" in text and "| `arm=a` | 3 | 0.730 ± 0.026 |" in text

@@ -1,5 +1,6 @@
 """``python -m ovis_train.sweep.summarize SWEEP_DIR``: the sweep summary next to the members' run
-directories: summary.md, summary.csv, loss_curves.png, heldout_vs_k.png. The Hydra callback
+directories: summary.md, summary.csv, loss_curves.png, heldout_vs_k.png (and summary_seeds.csv, mean +-
+std over seeds, when the sweep varies a seed: seeds.py). The Hydra callback
 (``ovis_train.sweep.callback``) runs the same after every member of a multirun.
 
 A summary with fewer rows than the recorded sweep has members says so (first line of summary.md) and
@@ -14,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import plots
+from . import plots, seeds
 from .collect import Member, expected_members, read_sweep, swept_keys
 from .table import common_overrides, markdown, member_label, write_csv
 
-SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"
+SUMMARY_MD, SUMMARY_CSV, SEEDS_CSV = "summary.md", "summary.csv", "summary_seeds.csv"
 
 
 def publish(path: Path, write: Callable[[Path], object]) -> Path:
@@ -58,11 +59,15 @@ def summarize(sweep_dir: str | Path) -> Summary:
     labels = {m.name: member_label(m, common, swept) for m in members}
     shared = [o for o in common if o.split("=", 1)[0] not in swept]
     ok = [m for m in members if m.ok]
+    groups = seeds.seed_groups(members, swept)  # None unless the sweep varies a seed
     figures = [publish(sweep_dir / "loss_curves.png", lambda p: plots.loss_curves(ok, labels, p)),
-               publish(sweep_dir / "heldout_vs_k.png", lambda p: plots.heldout_vs_k(ok, labels, p))]
+               publish(sweep_dir / "heldout_vs_k.png", lambda p: plots.heldout_vs_k(ok, labels, p, groups))]
     publish(sweep_dir / SUMMARY_CSV, lambda p: write_csv(members, p))
+    if groups is not None:
+        publish(sweep_dir / SEEDS_CSV, lambda p: seeds.write_csv(groups, p))
     summary = Summary(sweep_dir / SUMMARY_MD, members, expected)
-    text = markdown(members, str(sweep_dir), figures, labels, shared, summary.problem)
+    text = markdown(members, str(sweep_dir), figures, labels, shared, summary.problem,
+                    seeds.markdown(groups) if groups is not None else [])
     publish(summary.path, lambda p: p.write_text(text))
     return summary
 

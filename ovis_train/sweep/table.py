@@ -61,9 +61,9 @@ def _cell(value, fmt: str) -> str:
 
 
 def markdown(members: list[Member], title: str, figures: list[Path], labels: dict[str, str], shared: list[str],
-             problem: str | None = None) -> str:
+             problem: str | None = None, extra: list[str] = ()) -> str:
     """``labels``: member name -> what tells it apart; ``shared``: the overrides all members have;
-    ``problem``: a line saying the summary is incomplete."""
+    ``problem``: a line saying the summary is incomplete; ``extra``: lines after the member table."""
     ok = [m for m in members if m.ok]
     failed = [m for m in members if not m.ok and m.record.status == "failed"]
     unfinished = [m for m in members if not m.ok and m.record.status != "failed"]
@@ -81,6 +81,8 @@ def markdown(members: list[Member], title: str, figures: list[Path], labels: dic
         numbers = " | ".join(_cell(m.values.get(c), fmt) for c, _, fmt in NUMBER_COLUMNS)
         lines.append(f"| `{labels[m.name]}` | {_cell(m.visual_vocab_size, '{:d}')} | "
                      f"{m.connector or '-'} | {_cell(m.connector_params, '{:,d}')} | {numbers} |")
+    if extra:
+        lines += ["", *extra]
     if failed or unfinished:
         lines += ["", "## Failed or unfinished members", ""]
         lines += [f"- `{labels[m.name]}` ({m.name}): {m.record.status}: {m.record.error}" for m in failed + unfinished]
