@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from ovis_train.errors import ConfigError
 from ovis_train.model import ModelConfig, build_model, load_model
 from ovis_train.train.config import compose
 from ovis_train.train.loop import train
@@ -84,17 +85,19 @@ def test_merged_rows_are_the_mean_of_old_rows_i_mod_k_with_their_summed_probabil
 
 def test_exports_that_do_not_fit_are_refused_with_the_reason(trained, tmp_path):
     folder, _ = trained
-    with pytest.raises(ValueError, match=r"visual head input width .* 128 here 32"):
+    with pytest.raises(ConfigError, match=r"visual head input width .* 128 here 32"):
         warm(folder, N_IND + 40, hidden_stride=1)  # 4x fewer merged features per visual token
-    with pytest.raises(ValueError, match="no model.vision_tower.head_linear.weight there"):
+    with pytest.raises(ConfigError, match="not an export folder"):
+        warm(tmp_path / "nowhere", N_IND + 40)
+    with pytest.raises(ConfigError, match="no model.vision_tower.head_linear.weight there"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.json").write_text("{}")
         warm(tmp_path / "empty", N_IND + 40)
     mlp = tmp_path / "mlp"
     build_model(ModelConfig(preset="tiny", connector="mlp")).save_pretrained(str(mlp))
-    with pytest.raises(ValueError, match="has no visual vocabulary"):
+    with pytest.raises(ConfigError, match="has no visual vocabulary"):
         warm(mlp, N_IND + 40)
-    with pytest.raises(ValueError, match="needs model.connector=vet"):
+    with pytest.raises(ConfigError, match="needs model.connector=vet"):
         warm(folder, N_IND + 40, connector="mlp")
 
 

@@ -42,7 +42,7 @@ def test_p2_members_start_from_the_p1_member_with_their_arm_and_seed(monkeypatch
     cfg = study_config("vet_study_p2", "from_p1=mlp", "trainer.seed=1")
     p1_member = member_name(["arm=mlp", "trainer.seed=1"], ["arm", "trainer.seed"])
     assert cfg.init_from == str(tmp_path / "p1" / p1_member / "export")
-    assert cfg.phase.name == "p2" and all(rule.trainable for rule in cfg.phase.rules)
+    assert cfg.phase.name == "demo_p2" and all(rule.trainable for rule in cfg.phase.rules)
 
 
 @pytest.mark.slow

@@ -29,6 +29,8 @@ import os
 
 import torch
 
+from ovis_train.errors import ConfigError
+
 FROM_EXPORT = "from:"  # model.vet_init=from:<export folder>
 _HEAD, _NORM, _VET = ("model.vision_tower.head_linear.weight", "model.vision_tower.head_norm.",
                       "model.visual_embeddings_table.weight")
@@ -61,7 +63,7 @@ def _read_tensors(folder: str, names: list[str]) -> dict[str, torch.Tensor]:
         files = dict.fromkeys(names, "model.safetensors")
     missing = [name for name, file in files.items() if file is None or not os.path.isfile(os.path.join(folder, file))]
     if missing:
-        raise ValueError(f"model.vet_init=from:{folder}: no {missing[0]} there (a VET model's export folder holds it: "
+        raise ConfigError(f"model.vet_init=from:{folder}: no {missing[0]} there (a VET model's export folder holds it: "
                          "run_dir/export of a phase with model.connector=vet)")
     tensors = {}
     for file in set(files.values()):
@@ -93,10 +95,13 @@ def bias_shift(old: int, size: int) -> torch.Tensor:
 @torch.no_grad()
 def init_vet_from_export(model, folder: str) -> None:
     """Warm start (see the module docstring): the visual head, its LayerNorm and the VET from ``folder``."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ConfigError(f"model.vet_init=from:{folder}: not an export folder (no config.json there); give "
+                          "a trained VET model's run_dir/export")
     with open(os.path.join(folder, "config.json")) as f:
         source = json.load(f)
     if (source.get("ovis_train") or {}).get("connector", "vet") != "vet":
-        raise ValueError(f"model.vet_init=from:{folder}: that model has no visual vocabulary (connector "
+        raise ConfigError(f"model.vet_init=from:{folder}: that model has no visual vocabulary (connector "
                          f"{source['ovis_train']['connector']}); warm-start from a model.connector=vet export")
     tower, table = model.model.vision_tower, model.model.visual_embeddings_table.weight
     n_indicators = model.config.vision_config.num_visual_indicator_tokens
@@ -108,7 +113,7 @@ def init_vet_from_export(model, folder: str) -> None:
         ("visual head input width (merged ViT features)", head.shape[1], tower.head_linear.in_features),
         ("VET width (LLM hidden size)", vet.shape[1], table.shape[1])) if theirs != ours]
     if problems:
-        raise ValueError(f"model.vet_init=from:{folder} does not fit this model: {'; '.join(problems)} "
+        raise ConfigError(f"model.vet_init=from:{folder} does not fit this model: {'; '.join(problems)} "
                          "(warm starts change K only: same vision tower, hidden_stride and LLM)")
     size = table.shape[0] - n_indicators
     k = head.shape[0]

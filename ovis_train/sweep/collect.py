@@ -14,12 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from ovis_train.train.loop import EXPORT_DIR
-from ovis_train.train.metrics import METRICS_FILE, read_metrics
-from ovis_train.train.state import CONFIG_FILE
+from ovis_train.run import EXPORT_CONFIG_FILE, RunDir, is_export, is_run_dir
 
 from .naming import expand_members, swept_keys_of, sweep_overrides
-from .record import RECORD_FILE, MemberRecord, read_record
+from .record import MemberRecord, read_record
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +51,6 @@ class Member:
         return self.record.status not in ("failed", "started")
 
 
-def is_member_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in (RECORD_FILE, METRICS_FILE, CONFIG_FILE))
-
-
 def final_values(rows: list[dict]) -> dict:
     """Summary columns from the rows of a metrics.jsonl (a metric missing from every row is left out)."""
     values = {}
@@ -81,12 +75,12 @@ def curve(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 def read_member(path: str | Path) -> Member:
     path = Path(path)
     record = read_record(path) or MemberRecord(overrides=_overrides_from_name(path.name))
-    rows = read_metrics(path)
+    rows = RunDir(path).read_metrics()
     member = Member(name=path.name, path=path, record=record, values=final_values(rows),
                     curves={key: curve(rows, key) for key in ("loss", "eval/loss")})
     member.connector, member.visual_vocab_size = _architecture(path)
-    member.connector_params = connector_parameters(path / EXPORT_DIR)
-    if record.status in ("unknown", "started") and (path / EXPORT_DIR).is_dir():
+    member.connector_params = connector_parameters(RunDir(path).export)
+    if record.status in ("unknown", "started") and RunDir(path).export.is_dir():
         record.status = "completed"  # no end recorded (summary made by hand, callback lost): the export says
     elif record.status == "started":
         record.error = record.error or "did not finish (still running, or stopped before its end)"
@@ -109,14 +103,15 @@ def _overrides_from_name(name: str) -> list[str]:
 
 def _architecture(run_dir: Path) -> tuple[str | None, int | None]:
     """(connector, K): the exported model's, else the run config's (K may be null there: the preset's)."""
-    exported = run_dir / EXPORT_DIR / "config.json"
-    if exported.is_file():
-        config = json.loads(exported.read_text())
+    run = RunDir(run_dir)
+    export = run.finished_export()
+    if export is not None:
+        config = json.loads((export / EXPORT_CONFIG_FILE).read_text())
         connector = (config.get("ovis_train") or {}).get("connector", "vet")
         return connector, config["vision_config"]["vocab_size"] if connector == "vet" else None
-    config_file = run_dir / CONFIG_FILE
-    if config_file.is_file():
-        model = (yaml.safe_load(config_file.read_text()) or {}).get("model", {})
+    run_config = run.read_config()
+    if run_config is not None:
+        model = run_config.get("model", {})
         connector = model.get("connector", "vet")
         return connector, model.get("visual_vocab_size") if connector == "vet" else None
     return None, None
@@ -125,7 +120,7 @@ def _architecture(run_dir: Path) -> tuple[str | None, int | None]:
 def connector_parameters(export_dir: Path) -> int | None:
     """Parameters between the vision transformer and the LLM: the visual head (mlp: the projector)
     plus the VET (mlp: its indicator rows). None when the member exported nothing."""
-    if not (export_dir / "config.json").is_file():
+    if not is_export(export_dir):
         return None
     try:
         import torch
@@ -165,7 +160,7 @@ def expected_members(sweep_dir: str | Path) -> int | None:
 
 def read_sweep(sweep_dir: str | Path) -> list[Member]:
     """Every member directory under ``sweep_dir``, in job order (then name)."""
-    members = [read_member(p) for p in Path(sweep_dir).iterdir() if is_member_dir(p)]
+    members = [read_member(p) for p in Path(sweep_dir).iterdir() if is_run_dir(p)]
     return sorted(members, key=lambda m: (m.record.job_num is None, m.record.job_num or 0, _natural(m.name)))
 
 

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import yaml
 
+from ovis_train.run import SUMMARY_MD, SWEEP_FILE, RunDir
+
 from .multirun import heldout_defaults
-from .naming import SWEEP_FILE, expand_members, member_name, swept_keys_of
+from .naming import expand_members, member_name, swept_keys_of
 from .record import MemberRecord, one_line, read_record, write_record
 from .summarize import summarize
 
@@ -47,18 +49,12 @@ class PrimaryConfig:
 
 
 def member_defaults(overrides: list[str], primary: PrimaryConfig) -> list[str]:
-    """Composes the member's config (a config error is the member's, before any launch) and returns the
-    sweep defaults it lacks (held-out evaluation at the end, as ``-m`` members get), as overrides."""
-    from hydra import compose, initialize_config_dir
+    """Checks the member's config as the trainer would (a config error is the member's, found before any
+    launch) and returns the sweep defaults it lacks (held-out evaluation at the end, as ``-m`` members
+    get), as overrides."""
+    from ovis_train.train.config import compose
 
-    from ovis_train.train.config import CONF_DIR, register, to_config
-
-    register()
-    # --config-dir puts its folder before ours on the search path: the same here
-    config_dir = str(Path(primary.dir).resolve()) if primary.dir else str(CONF_DIR)
-    ours = [f"hydra.searchpath=[file://{CONF_DIR}]"] if primary.dir else []
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        config = to_config(compose(config_name=primary.name or "config", overrides=[*overrides, *ours]))
+    config = compose(overrides, primary.dir, primary.name)
     return [f"{key}={value}" for key, value in heldout_defaults(config, overrides).items()]
 
 
@@ -120,7 +116,7 @@ def sweep(launcher: list[str], overrides: list[str], primary: PrimaryConfig = Pr
                 write_record(run_dir, MemberRecord(overrides=member, job_num=num, status="started"))
             again = ["resume=auto"] if resume and not any(o.startswith("resume=") for o in member) else []
             command = [*launcher, *primary.flags(), *member, *extra, *again, f"run_dir={quoted(run_dir)}"]
-            status, tail = run_member(command, run_dir / "launch.log")
+            status, tail = run_member(command, RunDir(run_dir).launch_log)
             record.status = "completed" if status == 0 else "failed"
             record.error = None if status == 0 else error_line(status, tail)
         failed += record.status == "failed"
@@ -130,7 +126,7 @@ def sweep(launcher: list[str], overrides: list[str], primary: PrimaryConfig = Pr
     if not main_node:
         return 1 if failed else 0
     summary = summarize(sweep_dir)
-    print(f"sweep summary: {summary.path}" + (f" ({failed} failed)" if failed else ""), flush=True)
+    print(f"sweep summary: {sweep_dir / SUMMARY_MD}" + (f" ({failed} failed)" if failed else ""), flush=True)
     if summary.problem:
         print(f"{ERROR_PREFIX}{summary.problem}", file=sys.stderr, flush=True)
     return 1 if failed or summary.problem else 0

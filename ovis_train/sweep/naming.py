@@ -21,12 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from ovis_train.run import MULTIRUN_FILE, SWEEP_FILE
+
 RESOLVER = "ovis_sweep_member"
 SAFE_VALUE = re.compile(r"[A-Za-z0-9._+-]+")
 MAX_VALUE = 40  # characters of one value kept in a name
 MAX_NAME = 120  # a whole name; longer ones are cut and hashed
-SWEEP_FILE = "sweep.yaml"  # {overrides: [...]}, as given to ovis_train.sweep.launch
-HYDRA_SWEEP_FILE = "multirun.yaml"  # Hydra's basic sweeper: the sweep's config, its task overrides included
 
 
 def _digest(text: str) -> str:
@@ -91,8 +91,8 @@ def sweep_overrides(sweep_dir: str | Path) -> list[str] | None:
     """The sweep's own command-line overrides (with sweep syntax) as recorded in its folder: Hydra's
     ``multirun.yaml``, or the ``sweep.yaml`` that ``ovis_train.sweep.launch`` writes; None if neither."""
     sweep_dir = Path(sweep_dir)
-    if (sweep_dir / HYDRA_SWEEP_FILE).is_file():
-        hydra = (yaml.safe_load((sweep_dir / HYDRA_SWEEP_FILE).read_text()) or {}).get("hydra", {})
+    if (sweep_dir / MULTIRUN_FILE).is_file():
+        hydra = (yaml.safe_load((sweep_dir / MULTIRUN_FILE).read_text()) or {}).get("hydra", {})
         return list(hydra.get("overrides", {}).get("task", []))
     if (sweep_dir / SWEEP_FILE).is_file():
         return list((yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()) or {}).get("overrides", []))

@@ -15,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovis_train.run import SUMMARY_CSV, SUMMARY_MD, SUMMARY_SEEDS_CSV
+
 from . import plots, seeds
 from .collect import Member, expected_members, read_sweep, swept_keys
 from .table import common_overrides, markdown, member_label, write_csv
-
-SUMMARY_MD, SUMMARY_CSV, SEEDS_CSV = "summary.md", "summary.csv", "summary_seeds.csv"
-
 
 def publish(path: Path, write: Callable[[Path], object]) -> Path:
     """Write through a temporary file and rename: members finishing together (e.g. SLURM jobs, whose
@@ -64,7 +63,7 @@ def summarize(sweep_dir: str | Path) -> Summary:
                publish(sweep_dir / "heldout_vs_k.png", lambda p: plots.heldout_vs_k(ok, labels, p, groups))]
     publish(sweep_dir / SUMMARY_CSV, lambda p: write_csv(members, p))
     if groups is not None:
-        publish(sweep_dir / SEEDS_CSV, lambda p: seeds.write_csv(groups, p))
+        publish(sweep_dir / SUMMARY_SEEDS_CSV, lambda p: seeds.write_csv(groups, p))
     summary = Summary(sweep_dir / SUMMARY_MD, members, expected)
     text = markdown(members, str(sweep_dir), figures, labels, shared, summary.problem,
                     seeds.markdown(groups) if groups is not None else [])

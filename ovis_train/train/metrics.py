@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ovis_train.run import RunDir
 from ovis_train.train.distributed import all_reduce_sum
-
-METRICS_FILE = "metrics.jsonl"
 
 
 class RunLogger:
@@ -22,7 +21,7 @@ class RunLogger:
 
         self.accelerator = accelerator
         self.main = accelerator.is_main_process
-        self.path = Path(run_dir) / METRICS_FILE
+        self.path = RunDir(run_dir).metrics_file
         if self.main:
             _truncate_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
         if cfg.logger.backend == "wandb":
@@ -57,11 +56,6 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _truncate_after(path: Path, step: int) -> None:
     if path.exists():
         kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
@@ -72,21 +66,27 @@ class VetHealth:
     """Over a window of steps: mean entropy of the visual-token distributions, and the share of the
     visual vocabulary in use (rows that were some token's top-1; rows whose summed probability
     reached 1% of a uniform share). A forward hook on the vision tower reads its ``pooler_output``
-    (the probabilities, before the model turns them into VET embeddings). With GELU in place of the
-    softmax (model.tokenize_function=gelu) it reads each token's positive GELU weights, normalised to sum 1."""
+    (the probabilities, before the model turns them into VET embeddings); the chunked visual path
+    (``model.visual_chunk_size``) never runs the tower's forward and hands each chunk's
+    probabilities to the tower's ``visual_probs_observer`` instead. With GELU in place of the softmax
+    (model.tokenize_function=gelu) it reads each token's positive GELU weights, normalised to sum 1."""
 
     def __init__(self, model):
         self.collecting = False
         self._weights = model.config.vision_config.tokenize_function == "gelu"
         self._reset()
-        self._hook = model.model.vision_tower.register_forward_hook(self._record)
+        self._tower = model.model.vision_tower
+        self._hook = self._tower.register_forward_hook(self._record)
+        self._tower.visual_probs_observer = self._observe
 
     def _reset(self) -> None:
         self.entropy_sum, self.tokens, self.mass, self.top1 = 0.0, 0, None, None
 
-    @torch.no_grad()
     def _record(self, module, args, output) -> None:
-        probs = getattr(output, "pooler_output", None)
+        self._observe(getattr(output, "pooler_output", None))
+
+    @torch.no_grad()
+    def _observe(self, probs) -> None:
         if not self.collecting or probs is None or probs.shape[-1] == 0:  # mlp connector: no visual vocabulary
             return
         p = probs.detach().float().reshape(-1, probs.shape[-1])
@@ -118,3 +118,4 @@ class VetHealth:
 
     def close(self) -> None:
         self._hook.remove()
+        del self._tower.visual_probs_observer
