@@ -11,7 +11,7 @@ from ovis_train.model import ModelConfig, build_model, load_model, model_compone
 from ovis_train.model.chunked_visual import merge_hidden_stride
 from ovis_train.train.config import compose
 from ovis_train.train.loop import train
-from ovis_train.train.metrics import read_metrics
+from ovis_train.run import RunDir
 
 K = 64
 
@@ -67,7 +67,7 @@ def test_a_gelu_phase_trains_the_head_and_table_and_logs_vet_health(tmp_path, mo
     after = load_model(str(run_dir / "export")).model.state_dict()
     for name in ("model.vision_tower.head_linear.weight", "model.visual_embeddings_table.weight"):
         assert not torch.equal(after[name], before[name]), name
-    health = [row for row in read_metrics(run_dir) if "vet/entropy" in row]
+    health = [row for row in RunDir(run_dir).read_metrics() if "vet/entropy" in row]
     assert len(health) == 2
     # entropy of the normalised positive GELU weights: a real number between 0 and ln(K - 5)
     assert all(0 < row["vet/entropy"] <= math.log(K - 5) + 1e-6 for row in health)

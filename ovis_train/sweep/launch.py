@@ -4,7 +4,8 @@
         phase=p1 model=demo model.visual_vocab_size=1024,4096 run_dir=runs/k-sweep
 
 (``bash launch.sh --sweep ...`` calls this with its accelerate arguments.) A Hydra multirun inside one
-distributed launch would run every member on every rank; here the sweep stays outside.
+distributed launch would run every member on every rank (docs/design.md, "Distributed runs"); here the
+sweep stays outside.
 Members are expanded exactly as ``python -m ovis_train -m`` expands them (Hydra's override grammar and
 basic sweeper), get the same run directory names (``naming.member_name``: the swept keys only) and the
 same held-out defaults. Each member's output goes to the console and ``<member>/launch.log``; its start
