@@ -50,10 +50,10 @@ def usage() -> str:
     import yaml
     from omegaconf import OmegaConf
 
-    from ovis_train.train.config import CONF_DIR, compose_tree
+    from ovis_train.train.config import CONF_DIR, PRIMARY_CONFIG, compose_tree
 
     tree = compose_tree([])
-    chosen = {k: v for entry in yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
+    chosen = {k: v for entry in yaml.safe_load((CONF_DIR / f"{PRIMARY_CONFIG}.yaml").read_text())["defaults"]
               if isinstance(entry, dict) for k, v in entry.items()}
     lines = [
         "usage: python -m ovis_train [group=option ...] [key=value ...]   train one phase",
@@ -100,7 +100,7 @@ def main() -> None:
 
     from ovis_train.sweep import multirun
     from ovis_train.sweep.naming import register_resolver
-    from ovis_train.train.config import CONF_DIR, register
+    from ovis_train.train.config import CONF_DIR, PRIMARY_CONFIG, register
 
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
         print(usage())
@@ -111,7 +111,7 @@ def main() -> None:
     register()
     register_resolver()  # ${ovis_sweep_member:}: sweep member folder names
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    @hydra.main(config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG, version_base="1.3")
     def run(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
