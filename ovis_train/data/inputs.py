@@ -290,7 +290,7 @@ def read_video_file(path: str) -> tuple[str, bytes]:
     except OSError as e:
         raise ImageProblem("missing_video", f"{path}: {e.strerror}") from None
     try:
-        probe_video(data, path)
+        probe_video(data, os.path.splitext(path)[1].lower().lstrip("."))
     except VideoProblem as problem:
         raise ImageProblem(problem.reason, f"{path}: {problem}") from None
     return os.path.splitext(path)[1].lower().lstrip("."), data
