@@ -39,7 +39,12 @@ class RunLogger:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
         self.accelerator.log(metrics, step=step)
         if "loss" in metrics:
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+            shown = {"loss": f"{metrics['loss']:.4f}"}
+            if "perf/tflops" in metrics:
+                shown["tflops"] = f"{metrics['perf/tflops']:.3g}"
+            if "perf/mfu" in metrics:
+                shown["mfu"] = f"{metrics['perf/mfu']:.1%}"
+            self.bar.set_postfix(shown, refresh=False)
         self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
