@@ -36,6 +36,10 @@ def clip(container="mp4", codec="mpeg4", n_frames=20, fps=10, size=32) -> bytes:
         stream = out.add_stream(codec, rate=fps)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = 12  # key frames every 12 frames, as real videos have
+        stream.bit_rate = 4_000_000  # flat grey frames come back within a level or two
+        if codec == "mpeg4":
+            stream.codec_context.max_b_frames = 2  # frames stored out of presentation order
         for i in range(n_frames):
             frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), (12 * i) % 256, np.uint8), format="rgb24")
             out.mux(stream.encode(frame))
@@ -56,6 +60,17 @@ def test_frames_come_in_order_one_from_each_stretch(container, codec, ext):
     assert frame_numbers(decode_video(data, ext, "k", FrameSampler(max_frames=50))) == list(range(20))
     drawn = frame_numbers(decode_video(data, ext, "k", FrameSampler(max_frames=4, seed=1)))
     assert [n // 5 for n in drawn] == [0, 1, 2, 3]  # one frame from each quarter, in order
+    # a longer clip (several key frames): frames found by seeking are the very frames a full decode gives
+    data = clip(container, codec, n_frames=60)
+    with av.open(io.BytesIO(data)) as video:
+        every = [np.asarray(frame.to_image()) for frame in video.decode(video=0)]
+    times = probe_video(data, ext)
+    with av.open(io.BytesIO(data)) as video:
+        assert len(times) == 60 and 1 < sum(packet.is_keyframe for packet in video.demux(video=0) if packet.size) < 30
+    for sampler in (FrameSampler(max_frames=5, seed=2), FrameSampler(max_frames=3, max_seconds=2, jitter=False)):
+        for key in ("a", "b"):
+            got = decode_video(data, ext, key, sampler)
+            assert [np.array_equal(np.asarray(g), every[i]) for g, i in zip(got, sampler.pick(times, key))] == [True] * len(got)
 
 
 def test_sampling_is_a_function_of_key_and_seed_and_follows_fps_and_max_seconds():
