@@ -18,8 +18,10 @@ from PIL import Image
 
 from ovis_train.data import DataConfig, SourceConfig, build_stream, write_shards
 from ovis_train.data.video import FrameSampler, VideoProblem, decode_video, probe_video
+from ovis_train.errors import ConfigError
 from ovis_train.model import ModelConfig, build_model
 from ovis_train.model.tokens import ATOM_TOKEN, INDICATOR_TOKENS
+from ovis_train.train.config import compose
 
 CHATML_WITH_EOS = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
@@ -70,7 +72,8 @@ def test_frames_come_in_order_one_from_each_stretch(container, codec, ext):
     for sampler in (FrameSampler(max_frames=5, seed=2), FrameSampler(max_frames=3, max_seconds=2, jitter=False)):
         for key in ("a", "b"):
             got = decode_video(data, ext, key, sampler)
-            assert [np.array_equal(np.asarray(g), every[i]) for g, i in zip(got, sampler.pick(times, key))] == [True] * len(got)
+            picked = sampler.pick(times, key)
+            assert len(got) == len(picked) and all(np.array_equal(np.asarray(g), every[i]) for g, i in zip(got, picked))
 
 
 def test_sampling_is_a_function_of_key_and_seed_and_follows_fps_and_max_seconds():
@@ -247,10 +250,37 @@ def test_meta_json_and_messages_videos_to_shards_to_p3_on_the_tiny_preset(tmp_pa
     train = f"{urls[0]['shard']}::{urls[1]['shard']}"
     command = [sys.executable, "-m", "ovis_train", "phase=p3", "model=tiny", "logger=none", f"run_dir={run}",
                "trainer.max_steps=2", "trainer.eval_every=2", "trainer.eval_batches=1", "data.batch_size=2",
-               "data.video.max_frames=3", f'data.sources=[{{urls: "{train}"}}]', f'data.eval_urls="{urls[0]["heldout"]}"']
+               "data.video.max_frames=3", f'data.sources=[{{urls: "{train}"}}]',
+               f'data.eval_urls="{urls[0]["heldout"]}"']
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "skipping bad sample" not in result.stderr
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2] and metrics[-1]["eval/loss"] > 0
     assert all(m["images_per_s"] > 0 for m in metrics)  # frames reached the model
+
+
+def test_a_video_caption_puts_the_frames_where_the_template_has_the_image(tmp_path):
+    urls = write_shards([{"__key__": "cap", "mkv": clip("matroska", "mpeg4"), "txt": "it gets brighter"}],
+                        str(tmp_path), samples_per_shard=1)
+    bundle, stream = stream_for(urls, max_frames=3)
+    batch = next(iter(stream))
+    tok = bundle.tokenizer
+    start, grid, _, _, end = tok.convert_tokens_to_ids(list(INDICATOR_TOKENS))
+    block = [start] + [tok.convert_tokens_to_ids(ATOM_TOKEN)] * bundle.processor.image_seq_length + [grid, end]
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    prompt = tok("", add_special_tokens=True)["input_ids"] + block + newline + block + newline + block \
+        + tok("\nDescription:\n", add_special_tokens=False)["input_ids"]
+    caption = tok("it gets brighter", add_special_tokens=False)["input_ids"]
+    assert batch["input_ids"][0].tolist() == prompt + caption
+    assert batch["labels"][0].tolist() == [-100] * len(prompt) + caption
+    assert batch["n_images"] == 3
+
+
+def test_video_settings_are_checked_when_the_config_is_composed():
+    video = compose(["data.video.fps=2", "data.video.max_seconds=30", "data.video.jitter=false"]).data.video
+    assert (video.max_frames, video.fps, video.max_seconds, video.jitter) == (8, 2.0, 30.0, False)
+    for override, message in (("data.video.max_frames=0", "data.video.max_frames must be >= 1, got 0"),
+                              ("data.video.fps=0", "data.video.fps must be > 0 or null, got 0")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            compose([override])

@@ -86,7 +86,8 @@ def decode_sample(raw: dict, max_pixels: int, draft_size: int | None, max_images
     if sample.caption is not None and not media:
         raise BadSample("missing_image", f"no .{'/.'.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}")
     if sample.caption is not None and len(media) > 1:
-        raise BadSample("image_marker_mismatch", f"a caption sample with {len(media)} images/videos (captions take one)")
+        raise BadSample("image_marker_mismatch",
+                        f"a caption sample with {len(media)} images/videos (captions take one)")
     for kind, names in media:
         if kind == "image":
             images = [decode_image(raw[names[0]], names[0], max_pixels, draft_size)]
@@ -130,7 +131,8 @@ def media_members(raw: dict) -> list[tuple[str, list[str]]]:
         raise BadSample("image_numbering", f"image/video files {everything} are not numbered 0..N-1")
     for n, members in frames.items():
         if sorted(members) != list(range(len(members))):
-            raise BadSample("image_numbering", f"frames of video {n} {sorted(members.values())} are not numbered 0..K-1")
+            raise BadSample("image_numbering",
+                            f"frames of video {n} {sorted(members.values())} are not numbered 0..K-1")
     media = []
     for name in plain or [numbered.get(i) or i for i in range(len(numbered) + len(frames))]:
         if isinstance(name, int):

@@ -303,7 +303,9 @@ def conversation_messages(sample: DecodedSample) -> list[dict]:
 
 def frame_flags(sample: DecodedSample) -> list[bool]:
     """Per image of the sample: whether it is a video frame."""
-    return [kind == "video" for kind, n in sample.media for _ in range(n)] if sample.media else [False] * len(sample.images)
+    if not sample.media:  # built without media kinds: images only
+        return [False] * len(sample.images)
+    return [kind == "video" for kind, n in sample.media for _ in range(n)]
 
 
 def frame_markers(n_frames: int) -> str:
@@ -316,7 +318,7 @@ def content_text(content) -> str:
         return content
     if isinstance(content, list):  # [{"type": "image"}, {"type": "text", "text": ...}]
         try:
-            return "".join(PART_MARKER[part["type"]] if part["type"] in PART_MARKER else part["text"] for part in content)
+            return "".join(PART_MARKER.get(part["type"]) or part["text"] for part in content)
         except (KeyError, TypeError) as e:
             raise BadSample("invalid_json", f"content part without 'type'/'text': {e!r}") from None
     raise BadSample("invalid_json", f"turn content is {type(content).__name__}, not text")

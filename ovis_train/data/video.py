@@ -125,7 +125,8 @@ def _open(data: bytes, ext: str):
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except Exception as e:  # PyAV raises its own error per FFmpeg code
-        raise VideoProblem("truncated_video" if cut else "undecodable_video", f".{ext}: {type(e).__name__}: {e}") from None
+        raise VideoProblem("truncated_video" if cut else "undecodable_video",
+                           f".{ext}: {type(e).__name__}: {e}") from None
     if not container.streams.video:
         container.close()
         # a known container with no stream at all lost its header (an mp4 cut before its index)
