@@ -3,7 +3,11 @@
 Configuration mistakes (unknown key, wrong type, bad freeze rule, impossible model settings) end
 with one line on stderr, ``ovis-train: error: ...``, and exit status 2; anything else is a bug and
 keeps its traceback. ``--cfg job`` checks the config as a run would before Hydra prints it;
-``--help`` prints ovis-train's own help (``--hydra-help``: Hydra's flags).
+``--help`` prints ovis-train's own help (``--hydra-help``: Hydra's flags). Two planned stops also end
+with one line: a stop signal (SIGTERM, SIGINT, SIGUSR1) after its checkpoint is saved,
+``ovis-train: stopped at step N; resume with resume=auto ...``, exit status 3; a run that keeps
+producing NaN/inf (``trainer.max_nonfinite_steps``) or would save them, ``ovis-train: error: ...``,
+exit status 4.
 """
 
 from __future__ import annotations
@@ -12,20 +16,34 @@ import contextlib
 import os
 import sys
 
-from ovis_train.train.errors import ConfigError, one_line_error
+from ovis_train.train.errors import EXIT_CONFIG, Diverged, Stopped, one_line_error
+
+
+def _exit(code: int) -> None:
+    from ovis_train.train.distributed import exit_launched_process
+
+    exit_launched_process(code)
+    sys.exit(code)
 
 
 @contextlib.contextmanager
 def config_errors_as_one_line():
     try:
         yield
+    except Stopped as e:  # the message comes from the main process only
+        if str(e):
+            print(f"ovis-train: {e}", file=sys.stderr, flush=True)
+        _exit(e.exit_code)
+    except Diverged as e:
+        print(f"ovis-train: error: {e}", file=sys.stderr, flush=True)
+        _exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - sorted into config errors (one line) and bugs (re-raised)
         message = one_line_error(e)
         if message is None:
             raise
         _close_progress_bars()  # else a bar left open redraws itself after the error line at exit
         print(f"ovis-train: error: {message}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
 
 
 def _close_progress_bars() -> None:
@@ -109,14 +127,18 @@ def check_printed_config(argv: list[str]) -> None:
 def main() -> None:
     import hydra
 
+    from ovis_train.sweep import multirun
+    from ovis_train.sweep.naming import register_resolver
     from ovis_train.train.config import CONF_DIR, PRIMARY_CONFIG, register
 
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
         print(usage())
         return
+    multirun.refuse_inside_launch(sys.argv[1:])  # before Hydra: once, not once per member and rank
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us instead of Hydra's multi-line report
     check_printed_config(sys.argv[1:])
     register()
+    register_resolver()  # ${ovis_sweep_member:}: sweep member folder names
 
     @hydra.main(config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG, version_base="1.3")
     def run(cfg) -> None:
@@ -124,7 +146,6 @@ def main() -> None:
         from hydra.types import RunMode
 
         from ovis_train.train.config import to_config
-        from ovis_train.train.distributed import is_launched
         from ovis_train.train.loop import train
 
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -132,17 +153,15 @@ def main() -> None:
                 train(to_config(cfg))
             return
         # a sweep member's error reaches Hydra, which records it and runs the other members
-        if is_launched():
-            raise ConfigError(
-                "a Hydra multirun inside a distributed launch runs every member on every rank; "
-                "run the sweep outside the launcher (python -m ovis_train.sweep.launch)"
-            )
         config = to_config(cfg)
         config.run_dir = HydraConfig.get().runtime.output_dir  # one run directory per member
+        multirun.apply_heldout_defaults(config, list(HydraConfig.get().overrides.task))
         train(config)
 
     with config_errors_as_one_line():
         run()
+    if multirun.is_multirun(sys.argv[1:]) and multirun.exit_status():
+        sys.exit(1)
     from ovis_train.train.distributed import exit_launched_process
 
     exit_launched_process()
