@@ -32,6 +32,7 @@ from ovis_train.train.distributed import (
 )
 from ovis_train.train.errors import ConfigError
 from ovis_train.train.freeze import resolve_freeze
+from ovis_train.train.lora import apply_lora
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
 from ovis_train.train.optim import build_optimizer, build_scheduler
@@ -47,6 +48,7 @@ def train(cfg: Config) -> Path:
     t = cfg.trainer
     set_seed(t.seed)  # same initial weights on every rank
     bundle = _build_bundle(cfg)
+    lora = apply_lora(bundle.model, cfg)  # None without LoRA rules; adapters are parameters the rules resolve
     plan = resolve_freeze(bundle.model, cfg.phase.rules, model_components(bundle.model), t.lr, t.weight_decay)
     plan.apply()
     if t.grad_checkpointing:  # non-reentrant: gradients flow even when the first layers are frozen
@@ -63,6 +65,8 @@ def train(cfg: Config) -> Path:
         optimizer = build_optimizer(plan, t)
         scheduler = build_scheduler(optimizer, t)
         model, optimizer, scheduler = accelerator.prepare(bundle.model, optimizer, scheduler)
+        if lora:  # checkpoints hold what trains and the frozen base's hash
+            lora.attach(accelerator, model)
         model.train()  # from_pretrained leaves models in eval mode (no dropout, no gradient checkpointing)
 
         state = TrainState(world_size=world)
@@ -114,6 +118,8 @@ def train(cfg: Config) -> Path:
         if saved_step != state.step:
             save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
         if t.export and (state.step >= t.max_steps or data_ended):
+            if lora:  # a plain Ovis2 export: adapters folded into the base weights
+                lora.merge(bundle.model)
             _export(accelerator, bundle, run_dir / EXPORT_DIR)
         logger.close()
         health.close()
