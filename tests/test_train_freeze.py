@@ -82,6 +82,11 @@ def test_tied_tensor_is_one_tensor_claimed_by_the_first_rule_naming_it():
          "never applies"),
         ([FreezeRule("vit", trainable=False, lr=1.0), FreezeRule("re:.*")], "is frozen but sets lr"),
         ([FreezeRule("re:(", trainable=True)], "invalid regex"),
+        # tied lm_head / input embedding: rules naming the tensor by its two names must agree
+        ([FreezeRule("lm_head", trainable=True), FreezeRule("llm", trainable=False), FreezeRule("re:.*")],
+         "one tensor \\(tied\\): freeze rule #1 'lm_head' trains it, which would silently move what rule #2"),
+        ([FreezeRule("lm_head", trainable=False), FreezeRule("llm", trainable=True), FreezeRule("re:.*")],
+         "freezes it, which would silently freeze what rule #2 'llm' trains"),
         ([], "no freeze rules"),
     ],
 )

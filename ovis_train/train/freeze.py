@@ -227,6 +227,8 @@ def _check_tied(rules, rule_names, tensors, winners, trains) -> None:
     """One tensor under several names (tied embeddings): a rule that reaches it only by another name than
     the winning rule's must agree on training it."""
     for key, (_, names) in tensors.items():
+        if len({n.replace(BASE_LAYER + ".", ".") for n in names}) == 1:
+            continue  # one name (a LoRA-wrapped weight's two names are one name)
         w = winners[key]
         for i, matched in enumerate(rule_names):
             if i == w or not matched & names or matched & names & rule_names[w]:
