@@ -2,6 +2,10 @@
 exact resume, and merged exports that plain transformers loads."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,7 +124,7 @@ def test_zero3_and_qlora_without_cuda_or_bitsandbytes_are_refused(monkeypatch):
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         apply_lora(fresh_model(), config(lora))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
     with pytest.raises(ConfigError, match="needs bitsandbytes"):
         apply_lora(fresh_model(), config(lora))
 
@@ -210,3 +214,38 @@ def test_lora_resume_is_bit_identical_and_refuses_a_changed_base(tmp_path):
     save_file(weights, str(weights_file), metadata={"format": "pt"})
     with pytest.raises(ConfigError, match="frozen base this run rebuilt .* is not the one"):
         run(stopped, *common, "resume=auto")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distributed", ["ddp", "zero2"])
+def test_two_processes_train_lora_save_only_what_trains_resume_and_export(tmp_path, distributed):
+    """2 CPU processes (gloo): the checkpoint (Accelerate's or DeepSpeed's) holds no frozen base tensor,
+    resume continues, and the export is a plain Ovis2 folder."""
+    p1 = run(tmp_path / "p1", "trainer.max_steps=1")
+    env = {**os.environ, "OVIS_TRAIN_CACHE": os.environ["OVIS_TRAIN_CACHE"], "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "disabled", "DS_ACCELERATOR": "cpu"}
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    run_dir = tmp_path / "run"
+
+    def launch(*overrides):
+        command = [accelerate, "launch", "--num_processes", "2", "--multi_gpu", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ovis_train", "logger=none",
+                   "phase=p2_lora", f"init_from={p1 / 'export'}", "trainer.max_steps=4", f"distributed={distributed}",
+                   f"run_dir={run_dir}", *overrides]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        return result
+
+    launch("trainer.stop_at_step=2")
+    (ckpt,) = complete_checkpoints(run_dir / "checkpoints")
+    if distributed == "zero2":
+        saved = torch.load(ckpt / "pytorch_model/mp_rank_00_model_states.pt", weights_only=False)["module"]
+    else:
+        saved = load_file(str(ckpt / "model.safetensors"))
+    visual = {n for n in saved if n.startswith(("model.vision_tower.head", "model.visual_embeddings_table"))}
+    assert visual and all(".lora_" in n for n in set(saved) - visual)  # adapters + head + VET, no base
+    assert "resumed from step_00000002" in launch("resume=auto").stdout
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4]
+    exported = load_file(str(run_dir / "export/model.safetensors"))
+    assert set(exported) == set(load_file(str(p1 / "export/model.safetensors")))
+    Ovis2ForConditionalGeneration.from_pretrained(str(run_dir / "export"))

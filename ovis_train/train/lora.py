@@ -160,13 +160,15 @@ class LoraAdapters:
         accelerator.register_save_state_pre_hook(functools.partial(self._save_hook, accelerator))
         accelerator.register_load_state_pre_hook(self._load_hook)
         if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed saves its engine itself
+            frozen = _frozen_names(accelerator.unwrap_model(model))
+            state_dict = model.module_state_dict  # its frozen filter misses the second name of a tied tensor
+            model.module_state_dict = lambda *a, **k: _without(state_dict(*a, **k), frozen)
             model.save_checkpoint = functools.partial(model.save_checkpoint, exclude_frozen_parameters=True)
             model.load_checkpoint = functools.partial(model.load_checkpoint, load_module_strict=False)
 
     def _save_hook(self, accelerator, models, weights, output_dir) -> None:
         for i, model in enumerate(models[: len(weights)]):  # no weights under DeepSpeed
-            frozen = _frozen_names(model)
-            weights[i] = {k: v for k, v in weights[i].items() if k not in frozen}
+            weights[i] = _without(weights[i], _frozen_names(model))
         if accelerator.is_main_process:
             record = {"sha256": self.base_hash, "wrapped_layers": len(self.wrapped)}
             (Path(output_dir) / BASE_HASH_FILE).write_text(json.dumps(record, indent=1))
@@ -202,6 +204,10 @@ class LoraAdapters:
 
 def _frozen_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def _without(state: dict, names: set[str]) -> dict:
+    return type(state)((k, v) for k, v in state.items() if k not in names)
 
 
 def _load_trainable(model: nn.Module, path: Path) -> None:
