@@ -41,13 +41,13 @@ def _median_after(times: list[float], warmup: int) -> float:
 def run_ovis_train(preset: str, phase: str, steps: int, warmup: int, batch_size: int, bf16: bool, threads: int) -> dict:
     """ovis-train's own loop (python -m ovis_train ...), its per-step times from metrics.jsonl."""
     from ovis_train.train.loop import train
-    from ovis_train.train.metrics import read_metrics
+    from ovis_train.run import RunDir
 
     set_threads(threads)
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_config(preset, phase, steps + warmup, run_dir, _overrides(batch_size, bf16))
         train(cfg)
-        rows = read_metrics(run_dir)[warmup:]
+        rows = RunDir(run_dir).read_metrics()[warmup:]
     step = statistics.median(r["step_seconds"] for r in rows)
     compute = statistics.median(r["step_seconds"] * (1 - r["data_wait"]) for r in rows)
     wait = statistics.median(r["data_wait"] for r in rows)

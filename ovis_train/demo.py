@@ -90,18 +90,16 @@ def run_phase(name: str, overrides: list[str]) -> None:
 
 
 def score(bundle_or_path, heldout: str, template: str, n: int) -> dict:
-    import torch
-
-    from ovis_train.evaluate import caption_accuracy, heldout_loss
+    from ovis_train.evaluate import score as evaluate
     from ovis_train.model import load_model
 
     bundle = load_model(bundle_or_path) if isinstance(bundle_or_path, (str, Path)) else bundle_or_path
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the phases train (trainer.bf16=true)
-        acc = caption_accuracy(bundle, heldout, limit=n, prompt=template)
-        loss = heldout_loss(bundle, heldout, template, limit=n, caption_eos=True)  # as trained
-    print(f"held-out caption accuracy {acc.accuracy:.3f}, loss {loss:.3f} ({acc.n} images; e.g. "
-          f"{acc.examples[0][1]!r} -> {acc.examples[0][2]!r})", flush=True)
-    return {"caption_accuracy": acc.accuracy, "heldout_loss": loss, "n": acc.n, "examples": acc.examples[:5]}
+    # as the phases train: captions end with EOS (data.caption_eos=true), bf16 autocast (trainer.bf16=true)
+    result = evaluate(bundle, heldout, template, limit=n, caption_eos=True, bf16=True)
+    example = result["examples"][0]
+    print(f"held-out caption accuracy {result['caption_accuracy']:.3f}, loss {result['heldout_loss']:.3f} "
+          f"({result['n']} images; e.g. {example[1]!r} -> {example[2]!r})", flush=True)
+    return {k: result[k] for k in ("caption_accuracy", "heldout_loss", "n", "examples")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -134,24 +132,26 @@ def main(argv: list[str] | None = None) -> dict:
     from accelerate.utils import set_seed
 
     from ovis_train.model import build_model
+    from ovis_train.run import METRICS_FILE, RunDir
 
+    p1, p2 = RunDir(out / "p1"), RunDir(out / "p2")
     results = {"dataset": dataset, "seed": args.seed, "p1_steps": args.p1_steps, "p2_steps": args.p2_steps}
     print(f"scoring the untrained model on {args.eval_samples} held-out {dataset} images ...", flush=True)
     set_seed(args.seed)  # the same initial weights as the P1 run (the trainer seeds before building)
     results["before P1"] = score(build_model(cfg.model), heldout, template, args.eval_samples)
-    run_phase("P1", [*P1, *common, f"trainer.max_steps={args.p1_steps}", f"run_dir={out / 'p1'}"])
-    results["after P1"] = score(out / "p1" / "export", heldout, template, args.eval_samples)
-    run_phase("P2", [*P2, *common, f"trainer.max_steps={args.p2_steps}", f"run_dir={out / 'p2'}",
-                     f"init_from={out / 'p1' / 'export'}"])
-    results["after P2"] = score(out / "p2" / "export", heldout, template, args.eval_samples)
+    run_phase("P1", [*P1, *common, f"trainer.max_steps={args.p1_steps}", f"run_dir={p1.path}"])
+    results["after P1"] = score(p1.export, heldout, template, args.eval_samples)
+    run_phase("P2", [*P2, *common, f"trainer.max_steps={args.p2_steps}", f"run_dir={p2.path}",
+                     f"init_from={p1.export}"])
+    results["after P2"] = score(p2.export, heldout, template, args.eval_samples)
     results["minutes"] = round((time.time() - started) / 60, 1)
 
     table = results_table(results)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n" + table)
-    print(f"\nruns, checkpoints and metrics.jsonl: {out / 'p1'}, {out / 'p2'}")
-    print(f"exports (from_pretrained folders): {out / 'p1' / 'export'}, {out / 'p2' / 'export'}")
+    print(f"\nruns, checkpoints and {METRICS_FILE}: {p1.path}, {p2.path}")
+    print(f"exports (from_pretrained folders): {p1.export}, {p2.export}")
     print(f"results: {out / 'results.md'}, {out / 'results.json'}")
     return results
 

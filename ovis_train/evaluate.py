@@ -1,87 +1,55 @@
-"""Held-out caption accuracy: greedy captions of held-out images against their reference captions.
+"""``python -m ovis_train.evaluate MODEL --shards PATTERN [--limit 200]``: score a model on held-out
+shards: exact-match caption accuracy of its greedy captions and its loss per caption token.
 
-    from ovis_train.evaluate import caption_accuracy
-    score = caption_accuracy(bundle, "shards/heldout-{000000..000009}.tar", limit=200)
-    score.accuracy, score.examples[:3]
+    from ovis_train.evaluate import score
+    score(bundle, "shards/heldout-{000000..000009}.tar", limit=200)  # {"caption_accuracy": ..., ...}
 
-Exact match after stripping whitespace (case-sensitive), the figure the demo and sweeps report.
-Bad held-out samples are skipped and counted, as in training.
+MODEL is an export folder (or hub id), a checkpoint folder, or a run directory (its export, else its
+latest complete checkpoint). The numbers come from ``ovis_train.train.evaluation``, the code the
+training loop evaluates with, so a phase's ``eval/*`` metrics and this tool agree.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter
-from dataclasses import dataclass, field
+import argparse
+import json
+import sys
+from contextlib import nullcontext
 
 import torch
 
-from ovis_train.data.decode import BadSample, DecodedSample, decode_sample
-from ovis_train.data.shards import check_shards_exist, expand_urls, iter_raw_samples
-from ovis_train.model.caption import DEFAULT_PROMPT, caption
+from ovis_train.model.caption import DEFAULT_PROMPT
+from ovis_train.train.evaluation import caption_accuracy, heldout_loss
 
 
-@dataclass
-class CaptionScore:
-    accuracy: float
-    n: int
-    examples: list[tuple[str, str, str]]  # (key, reference, generated)
-    bad_counts: dict[str, int] = field(default_factory=dict)
+def score(bundle, urls, template: str = DEFAULT_PROMPT, limit: int = 200, caption_eos: bool = False,
+          bf16: bool = False) -> dict:
+    """Held-out caption accuracy and loss over the first ``limit`` decodable samples of ``urls``.
+    ``caption_eos`` / ``bf16``: as the model was trained (captions ending with EOS, bf16 autocast)."""
+    device = bundle.model.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with autocast:
+        acc = caption_accuracy(bundle, urls, limit=limit, prompt=template)
+        loss = heldout_loss(bundle, urls, template, limit=limit, caption_eos=caption_eos)
+    return {"caption_accuracy": acc.accuracy, "heldout_loss": loss, "n": acc.n, "examples": acc.examples[:5],
+            "bad_counts": acc.bad_counts}
 
 
-def heldout_samples(urls, limit: int, bad: Counter, max_pixels: int = 64_000_000) -> list[DecodedSample]:
-    """The first `limit` decodable caption samples of the shards, in shard order; `bad` counts the rest."""
-    urls = expand_urls(urls)
-    check_shards_exist(urls, "held-out")
-    samples = []
-    for raw in (raw for url in urls for raw in iter_raw_samples(url)):
-        if len(samples) == limit:
-            break
-        try:
-            sample = decode_sample(raw, max_pixels, None)
-        except BadSample as reason:
-            bad[reason.reason] += 1
-            continue
-        if sample.caption is None:  # a conversation: not a captioning sample
-            bad["not_a_caption"] += 1
-            continue
-        samples.append(sample)
-    return samples
+def main(argv: list[str] | None = None) -> int:
+    from ovis_train.analyze.source import load_bundle
+
+    parser = argparse.ArgumentParser(prog="python -m ovis_train.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="export folder / hub id, checkpoint folder or run directory")
+    parser.add_argument("--shards", required=True, help="held-out shards (brace pattern or '::'-joined list)")
+    parser.add_argument("--limit", type=int, default=200, help="held-out samples scored (default: %(default)s)")
+    parser.add_argument("--template", default=DEFAULT_PROMPT, help="caption prompt (default: %(default)r)")
+    parser.add_argument("--caption-eos", action="store_true", help="captions were trained ending with EOS")
+    parser.add_argument("--bf16", action="store_true", help="score under bf16 autocast")
+    args = parser.parse_args(argv)
+    result = score(load_bundle(args.model), args.shards, args.template, args.limit, args.caption_eos, args.bf16)
+    print(json.dumps(result, indent=1))
+    return 0
 
 
-def caption_accuracy(bundle, urls, limit: int = 200, prompt: str = DEFAULT_PROMPT, batch_size: int = 32,
-                     max_new_tokens: int = 16) -> CaptionScore:
-    bad = Counter()
-    samples = heldout_samples(urls, limit, bad)
-    if not samples:
-        raise ValueError(f"no decodable held-out caption samples in {urls!r} (skipped: {dict(bad)})")
-    hits, examples = 0, []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        generated = caption(bundle, [s.image for s in chunk], prompt=prompt, max_new_tokens=max_new_tokens)
-        for sample, text in zip(chunk, generated):
-            hits += text.strip() == sample.caption.strip()
-            examples.append((sample.key, sample.caption, text))
-    return CaptionScore(accuracy=hits / len(samples), n=len(samples), examples=examples, bad_counts=dict(bad))
-
-
-@torch.no_grad()
-def heldout_loss(bundle, urls, template: str = DEFAULT_PROMPT, limit: int = 200, batch_size: int = 32,
-                 caption_eos: bool = False) -> float:
-    """Mean next-token loss per caption token over the first `limit` held-out samples."""
-    from ovis_train.data import DataConfig, SourceConfig, build_stream
-    from ovis_train.train.loss import supervised_tokens, token_loss_sum
-
-    # whole batches that add up to exactly `limit` samples (the held-out stream reads shards in order)
-    batch_size = math.gcd(limit, batch_size)
-    cfg = DataConfig(sources=[SourceConfig(urls=urls, template=template)], eval_urls=urls, batch_size=batch_size,
-                     caption_eos=caption_eos)
-    model = bundle.model.eval()
-    loss_sum, tokens, samples = 0.0, 0, 0
-    for batch in build_stream(cfg, bundle, split="eval"):
-        loss_sum += float(token_loss_sum(model, batch, model.device))
-        tokens += supervised_tokens(batch["labels"])
-        samples += len(batch["input_ids"])
-        if samples >= limit:
-            break
-    return loss_sum / tokens
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,13 +2,9 @@
 
 import pytest
 
-from ovis_train.train.checkpoint import (
-    MARKER,
-    checkpoint_root,
-    complete_checkpoints,
-    resolve_resume,
-    save_atomic,
-)
+from ovis_train.run import COMPLETE_MARKER as MARKER
+from ovis_train.run import RunDir, complete_checkpoints
+from ovis_train.train.checkpoint import resolve_resume, save_atomic
 from ovis_train.train.errors import ConfigError
 
 
@@ -17,7 +13,7 @@ def write_file(folder):
 
 
 def test_save_publishes_a_complete_folder_and_keeps_the_last_k(tmp_path):
-    root = checkpoint_root(tmp_path)
+    root = RunDir(tmp_path).checkpoints
     for step in (2, 4, 6):
         path = save_atomic(root, step, write_file, keep_last=2)
         assert (path / MARKER).is_file() and (path / "model.safetensors").read_bytes() == b"weights"
@@ -26,7 +22,7 @@ def test_save_publishes_a_complete_folder_and_keeps_the_last_k(tmp_path):
 
 
 def test_a_failing_write_leaves_no_checkpoint(tmp_path):
-    root = checkpoint_root(tmp_path)
+    root = RunDir(tmp_path).checkpoints
     save_atomic(root, 1, write_file)
 
     def crash(folder):
@@ -40,7 +36,7 @@ def test_a_failing_write_leaves_no_checkpoint(tmp_path):
 
 
 def test_resume_auto_never_picks_a_folder_without_its_marker(tmp_path):
-    root = checkpoint_root(tmp_path)
+    root = RunDir(tmp_path).checkpoints
     save_atomic(root, 3, write_file)
     half_made = root / "step_00000009"  # e.g. copied by hand, or written by another tool
     half_made.mkdir()
@@ -57,7 +53,7 @@ def test_resume_auto_on_an_empty_run_dir_starts_fresh(tmp_path):
 
 
 def test_saving_the_same_step_again_replaces_it(tmp_path):
-    root = checkpoint_root(tmp_path)
+    root = RunDir(tmp_path).checkpoints
     save_atomic(root, 5, write_file)
     save_atomic(root, 5, lambda folder: (folder / "other").write_text("x"))
     (only,) = complete_checkpoints(root)

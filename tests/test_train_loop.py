@@ -7,11 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from ovis_train.model import load_model, model_components
-from ovis_train.train.checkpoint import complete_checkpoints
-from ovis_train.train.config import compose
+from ovis_train.run import RunDir
 from ovis_train.train import loop
+from ovis_train.train.config import compose
 from ovis_train.train.loop import train
-from ovis_train.train.metrics import read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -52,13 +51,13 @@ def test_p1_trains_exactly_the_unfrozen_tensors_with_the_configured_lrs(tmp_path
         else:
             assert torch.equal(before[name], after[name]), f"frozen {name} changed"
 
-    (ckpt,) = complete_checkpoints(p1 / "checkpoints")
+    (ckpt,) = RunDir(p1).complete_checkpoints()
     optimizer = torch.load(ckpt / "optimizer.bin", weights_only=False)
     groups = {g["name"]: g for g in optimizer["param_groups"]}
     assert {k: g["initial_lr"] for k, g in groups.items()} == {"vit.blocks.-1": 2e-4, "visual_head": 2e-4, "vet": 1e-3}
     n_trainable = sum(1 for name in after if owner[name] in trainable)
     assert sum(len(g["params"]) for g in groups.values()) == n_trainable == len(optimizer["state"])
-    first, last = read_metrics(p1)[0], read_metrics(p1)[-1]
+    first, last = RunDir(p1).read_metrics()[0], RunDir(p1).read_metrics()[-1]
     assert first["lr/vet"] == pytest.approx(1e-3) and first["lr/visual_head"] == pytest.approx(2e-4)
     assert {"grad_norm", "tokens_per_s", "images_per_s", "data_wait"} <= set(first)
     visual_vocab = 256 - 5  # tiny preset: K = 256 with 5 indicator rows
@@ -105,12 +104,12 @@ def test_resume_continues_exactly(tmp_path):
     straight = run(tmp_path / "straight", *common)
     resumed = tmp_path / "resumed"
     run(resumed, *common, "trainer.stop_at_step=2")
-    assert [p.name for p in complete_checkpoints(resumed / "checkpoints")] == ["step_00000002"]
+    assert [p.name for p in RunDir(resumed).complete_checkpoints()] == ["step_00000002"]
     assert not (resumed / "export").exists()  # the phase is not finished
     run(resumed, *common, "resume=auto")
-    losses = [m["loss"] for m in read_metrics(straight)]
-    assert [m["step"] for m in read_metrics(resumed)] == [1, 2, 3, 4]
-    assert [m["loss"] for m in read_metrics(resumed)] == losses
+    losses = [m["loss"] for m in RunDir(straight).read_metrics()]
+    assert [m["step"] for m in RunDir(resumed).read_metrics()] == [1, 2, 3, 4]
+    assert [m["loss"] for m in RunDir(resumed).read_metrics()] == losses
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
 
@@ -118,11 +117,11 @@ def test_resume_continues_exactly(tmp_path):
 def test_resume_auto_skips_a_checkpoint_without_its_marker(tmp_path, capsys):
     common = ["trainer.max_steps=3", "trainer.save_every=1", "trainer.keep_last=null"]
     run_dir = run(tmp_path, *common, "trainer.stop_at_step=2")
-    first = read_metrics(run_dir)
+    first = RunDir(run_dir).read_metrics()
     (run_dir / "checkpoints" / "step_00000002" / "COMPLETE").unlink()  # e.g. killed while publishing
     capsys.readouterr()
     run(tmp_path, *common, "resume=auto")
     assert "resumed from step_00000001" in capsys.readouterr().out
-    metrics = read_metrics(run_dir)
+    metrics = RunDir(run_dir).read_metrics()
     assert [m["step"] for m in metrics] == [1, 2, 3]  # step 2 ran again, once in the log
     assert metrics[1]["loss"] == first[1]["loss"]

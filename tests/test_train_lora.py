@@ -14,13 +14,12 @@ from safetensors.torch import load_file, save_file
 from transformers import Ovis2ForConditionalGeneration
 
 from ovis_train.model import ModelConfig, build_model, model_components
-from ovis_train.train.checkpoint import complete_checkpoints
+from ovis_train.run import RunDir
 from ovis_train.train.config import compose
 from ovis_train.train.errors import ConfigError
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.lora import BASE_HASH_FILE, apply_lora
 from ovis_train.train.loop import train
-from ovis_train.train.metrics import read_metrics
 
 TARGETS = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
 
@@ -177,13 +176,13 @@ def test_p2_lora_from_p1_trains_adapters_exports_plain_ovis2_and_saves_only_what
     assert torch.equal(plain.model.language_model.layers[0].self_attn.q_proj.weight,
                        after["model.language_model.layers.0.self_attn.q_proj.weight"])
 
-    (ckpt,) = complete_checkpoints(lora / "checkpoints")
+    (ckpt,) = RunDir(lora).complete_checkpoints()
     saved = load_file(str(ckpt / "model.safetensors"))
     assert {n for n in saved if ".lora_" not in n} == visual  # no frozen base in the checkpoint
     trainable_bytes = sum(t.numel() * t.element_size() for t in saved.values())
     ckpt_bytes = sum(f.stat().st_size for f in ckpt.iterdir())
     assert ckpt_bytes <= 1.2 * 3 * trainable_bytes  # weights + AdamW's two moments, plus small files
-    (full_ckpt,) = complete_checkpoints(full / "checkpoints")
+    (full_ckpt,) = RunDir(full).complete_checkpoints()
     optimizer_bytes = (ckpt / "optimizer.bin").stat().st_size
     assert optimizer_bytes < 0.4 * (full_ckpt / "optimizer.bin").stat().st_size
     assert json.loads((ckpt / BASE_HASH_FILE).read_text())["sha256"]
@@ -201,8 +200,8 @@ def test_lora_resume_is_bit_identical_and_refuses_a_changed_base(tmp_path):
     resumed = tmp_path / "resumed"
     run(resumed, *common, "trainer.stop_at_step=2")
     run(resumed, *common, "resume=auto")
-    assert [m["step"] for m in read_metrics(resumed)] == [1, 2, 3, 4]
-    assert [m["loss"] for m in read_metrics(resumed)] == [m["loss"] for m in read_metrics(straight)]
+    assert [m["step"] for m in RunDir(resumed).read_metrics()] == [1, 2, 3, 4]
+    assert [m["loss"] for m in RunDir(resumed).read_metrics()] == [m["loss"] for m in RunDir(straight).read_metrics()]
     a, b = load_file(str(straight / "export/model.safetensors")), load_file(str(resumed / "export/model.safetensors"))
     assert all(torch.equal(a[n], b[n]) for n in a)
 
@@ -237,7 +236,7 @@ def test_two_processes_train_lora_save_only_what_trains_resume_and_export(tmp_pa
         return result
 
     launch("trainer.stop_at_step=2")
-    (ckpt,) = complete_checkpoints(run_dir / "checkpoints")
+    (ckpt,) = RunDir(run_dir).complete_checkpoints()
     if distributed == "zero2":
         saved = torch.load(ckpt / "pytorch_model/mp_rank_00_model_states.pt", weights_only=False)["module"]
     else:
@@ -245,7 +244,7 @@ def test_two_processes_train_lora_save_only_what_trains_resume_and_export(tmp_pa
     visual = {n for n in saved if n.startswith(("model.vision_tower.head", "model.visual_embeddings_table"))}
     assert visual and all(".lora_" in n for n in set(saved) - visual)  # adapters + head + VET, no base
     assert "resumed from step_00000002" in launch("resume=auto").stdout
-    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4]
+    assert [m["step"] for m in RunDir(run_dir).read_metrics()] == [1, 2, 3, 4]
     exported = load_file(str(run_dir / "export/model.safetensors"))
     assert set(exported) == set(load_file(str(p1 / "export/model.safetensors")))
     Ovis2ForConditionalGeneration.from_pretrained(str(run_dir / "export"))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ovis_train.data.decode import DecodedSample
-from ovis_train.evaluate import heldout_samples
+from ovis_train.data.heldout import heldout_samples
 
 log = logging.getLogger(__name__)
 

@@ -4,42 +4,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from safetensors.torch import load_model as load_safetensors_into
 
 from ovis_train.model import ModelConfig, build_model, load_model
-from ovis_train.train.checkpoint import checkpoint_root, complete_checkpoints
+from ovis_train.run import CONFIG_FILE, RunDir, checkpoint_weights, is_export
 from ovis_train.train.config import compose
-from ovis_train.train.loop import EXPORT_DIR
-from ovis_train.train.state import CONFIG_FILE
 
 
 def resolve_model_path(path: str | Path) -> Path:
     """An export or checkpoint folder as given; a run directory -> its export, else its latest checkpoint."""
     path = Path(path)
-    if (path / "config.json").is_file() or (path / "model.safetensors").is_file():
+    if is_export(path) or checkpoint_weights(path).is_file():
         return path
-    if (path / EXPORT_DIR / "config.json").is_file():
-        return path / EXPORT_DIR
-    found = complete_checkpoints(checkpoint_root(path))
-    if found:
-        return found[-1]
+    run = RunDir(path)
+    found = run.finished_export() or run.latest_checkpoint()
+    if found is not None:
+        return found
     raise FileNotFoundError(f"{path}: neither an export folder, a checkpoint folder nor a run directory with one")
 
 
 def load_bundle(path: str | Path):
     """An export loads as saved; a checkpoint rebuilds its run's model and takes the checkpoint's weights."""
     path = resolve_model_path(path)
-    if (path / "config.json").is_file():
+    if is_export(path):
         return load_model(str(path))
-    config_file = path / CONFIG_FILE
-    if not config_file.is_file() or not (path / "model.safetensors").is_file():
+    checkpoint = RunDir(path)  # a checkpoint folder holds the run's config.yaml, as the run directory does
+    weights = checkpoint_weights(path)
+    run_config = checkpoint.read_config()
+    if run_config is None or not weights.is_file():
         raise FileNotFoundError(
-            f"{path}: a checkpoint needs {CONFIG_FILE} and model.safetensors (a DeepSpeed checkpoint: analyse the "
+            f"{path}: a checkpoint needs {CONFIG_FILE} and {weights.name} (a DeepSpeed checkpoint: analyse the "
             "run's export folder instead)"
         )
-    bundle = build_model(ModelConfig.from_dict(yaml.safe_load(config_file.read_text())["model"]))
-    _load_weights(bundle.model, path / "model.safetensors")
+    bundle = build_model(ModelConfig.from_dict(run_config["model"]))
+    _load_weights(bundle.model, weights)
     return bundle
 
 

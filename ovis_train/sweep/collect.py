@@ -14,11 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from ovis_train.train.loop import EXPORT_DIR
-from ovis_train.train.metrics import METRICS_FILE, read_metrics
-from ovis_train.train.state import CONFIG_FILE
+from ovis_train.run import EXPORT_CONFIG_FILE, MULTIRUN_FILE, SWEEP_FILE, RunDir, is_export, is_run_dir
 
-from .record import RECORD_FILE, MemberRecord, read_record
+from .record import MemberRecord, read_record
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +49,6 @@ class Member:
         return self.record.status != "failed"
 
 
-def is_member_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in (RECORD_FILE, METRICS_FILE, CONFIG_FILE))
-
-
 def final_values(rows: list[dict]) -> dict:
     """Summary columns from the rows of a metrics.jsonl (a metric missing from every row is left out)."""
     values = {}
@@ -79,13 +73,13 @@ def curve(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 def read_member(path: str | Path) -> Member:
     path = Path(path)
     record = read_record(path) or MemberRecord(overrides=_overrides_from_name(path.name))
-    rows = read_metrics(path)
+    rows = RunDir(path).read_metrics()
     member = Member(name=path.name, path=path, record=record, values=final_values(rows),
                     curves={key: curve(rows, key) for key in ("loss", "eval/loss")})
     member.connector, member.visual_vocab_size = _architecture(path)
-    member.connector_params = connector_parameters(path / EXPORT_DIR)
+    member.connector_params = connector_parameters(RunDir(path).export)
     if record.status == "unknown":  # no callback record: judge by what the run left
-        if (path / EXPORT_DIR).is_dir():
+        if RunDir(path).export.is_dir():
             record.status = "completed"
         elif not rows:
             record.status, record.error = "failed", "no metrics logged (failed or never started)"
@@ -106,14 +100,15 @@ def _overrides_from_name(name: str) -> list[str]:
 
 def _architecture(run_dir: Path) -> tuple[str | None, int | None]:
     """(connector, K): the exported model's, else the run config's (K may be null there: the preset's)."""
-    exported = run_dir / EXPORT_DIR / "config.json"
-    if exported.is_file():
-        config = json.loads(exported.read_text())
+    run = RunDir(run_dir)
+    export = run.finished_export()
+    if export is not None:
+        config = json.loads((export / EXPORT_CONFIG_FILE).read_text())
         connector = (config.get("ovis_train") or {}).get("connector", "vet")
         return connector, config["vision_config"]["vocab_size"] if connector == "vet" else None
-    config_file = run_dir / CONFIG_FILE
-    if config_file.is_file():
-        model = (yaml.safe_load(config_file.read_text()) or {}).get("model", {})
+    run_config = run.read_config()
+    if run_config is not None:
+        model = run_config.get("model", {})
         connector = model.get("connector", "vet")
         return connector, model.get("visual_vocab_size") if connector == "vet" else None
     return None, None
@@ -122,7 +117,7 @@ def _architecture(run_dir: Path) -> tuple[str | None, int | None]:
 def connector_parameters(export_dir: Path) -> int | None:
     """Parameters between the vision transformer and the LLM: the visual head (mlp: the projector)
     plus the VET (mlp: its indicator rows). None when the member exported nothing."""
-    if not (export_dir / "config.json").is_file():
+    if not is_export(export_dir):
         return None
     try:
         import torch
@@ -140,17 +135,14 @@ def connector_parameters(export_dir: Path) -> int | None:
         return None
 
 
-SWEEP_FILE = "sweep.yaml"  # {overrides: [...]}, as given to ovis_train.sweep.launch
-
-
 def swept_keys(sweep_dir: str | Path) -> list[str]:
     """The keys the sweep varies (``k=a,b``, ``range(...)``, ...), from Hydra's ``multirun.yaml`` or the
     ``sweep.yaml`` that ``ovis_train.sweep.launch`` writes; [] when neither is there."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     sweep_dir = Path(sweep_dir)
-    if (sweep_dir / "multirun.yaml").is_file():
-        hydra = (yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}).get("hydra", {})
+    if (sweep_dir / MULTIRUN_FILE).is_file():
+        hydra = (yaml.safe_load((sweep_dir / MULTIRUN_FILE).read_text()) or {}).get("hydra", {})
         overrides = hydra.get("overrides", {}).get("task", [])
     elif (sweep_dir / SWEEP_FILE).is_file():
         overrides = (yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()) or {}).get("overrides", [])
@@ -165,7 +157,7 @@ def swept_keys(sweep_dir: str | Path) -> list[str]:
 
 def read_sweep(sweep_dir: str | Path) -> list[Member]:
     """Every member directory under ``sweep_dir``, in job order (then name)."""
-    members = [read_member(p) for p in Path(sweep_dir).iterdir() if is_member_dir(p)]
+    members = [read_member(p) for p in Path(sweep_dir).iterdir() if is_run_dir(p)]
     return sorted(members, key=lambda m: (m.record.job_num is None, m.record.job_num or 0, _natural(m.name)))
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .collect import SWEEP_FILE
+from ovis_train.run import SUMMARY_MD, SWEEP_FILE, RunDir
+
 from .record import MemberRecord, one_line, write_record
 from .summarize import summarize
 
@@ -114,7 +115,7 @@ def sweep(launcher: list[str], overrides: list[str], primary: PrimaryConfig = Pr
         else:
             print(f"[sweep] member {num}: {' '.join(member)} -> {run_dir}", flush=True)
             command = [*launcher, *primary.flags(), *member, f"run_dir={quoted(run_dir)}"]
-            status, tail = run_member(command, run_dir / "launch.log")
+            status, tail = run_member(command, RunDir(run_dir).launch_log)
             record.status = "completed" if status == 0 else "failed"
             record.error = None if status == 0 else error_line(status, tail)
         failed += record.status == "failed"
@@ -122,7 +123,7 @@ def sweep(launcher: list[str], overrides: list[str], primary: PrimaryConfig = Pr
             write_record(run_dir, record)
             summarize(sweep_dir)
     if main_node:
-        print(f"sweep summary: {sweep_dir / 'summary.md'}" + (f" ({failed} failed)" if failed else ""), flush=True)
+        print(f"sweep summary: {sweep_dir / SUMMARY_MD}" + (f" ({failed} failed)" if failed else ""), flush=True)
     return 1 if failed else 0
 
 

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-RECORD_FILE = "sweep_member.json"
+from ovis_train.run import RunDir
 
 
 @dataclass
@@ -27,11 +27,11 @@ def one_line(error: BaseException) -> str:
 
 
 def write_record(run_dir: str | Path, record: MemberRecord) -> None:
-    path = Path(run_dir) / RECORD_FILE
+    path = RunDir(run_dir).sweep_record
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(record), indent=1) + "\n")
 
 
 def read_record(run_dir: str | Path) -> MemberRecord | None:
-    path = Path(run_dir) / RECORD_FILE
+    path = RunDir(run_dir).sweep_record
     return MemberRecord(**json.loads(path.read_text())) if path.is_file() else None

@@ -10,12 +10,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ovis_train.run import SUMMARY_CSV, SUMMARY_MD
+
 from . import plots
 from .collect import read_sweep, swept_keys
 from .table import common_overrides, markdown, member_label, write_csv
-
-SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"
-
 
 def publish(path: Path, write: Callable[[Path], object]) -> Path:
     """Write through a temporary file and rename: members finishing together (e.g. SLURM jobs, whose

@@ -4,51 +4,29 @@ Layout: ``<run_dir>/checkpoints/step_00000010/`` holding whatever the writer put
 ``COMPLETE`` marker. Every rank writes into ``.tmp-step_00000010`` first; after a barrier rank 0
 adds the marker and renames the folder, so a crash mid-save leaves only a ``.tmp-*`` folder that
 ``resume=auto`` never looks at (and the next save removes). ``keep_last`` prunes older complete ones.
-The writer is storage-agnostic; ``ovis_train.train.state`` decides what goes in a checkpoint.
+The writer is storage-agnostic; ``ovis_train.train.state`` decides what goes in a checkpoint, and
+``ovis_train.run`` owns the names (folder, marker, temp prefix) and the readers.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ovis_train.run import (
+    COMPLETE_MARKER,
+    TEMP_PREFIX,
+    RunDir,
+    checkpoint_name,
+    complete_checkpoints,
+    is_complete,
+    temp_path,
+)
 from ovis_train.train.errors import ConfigError
-
-MARKER = "COMPLETE"
-_NAME = re.compile(r"step_(\d+)")
-
-
-def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of(path: str | Path) -> int:
-    match = _NAME.fullmatch(Path(path).name)
-    if not match:
-        raise ValueError(f"not a checkpoint folder name: {path}")
-    return int(match.group(1))
-
-
-def is_complete(path: str | Path) -> bool:
-    return (Path(path) / MARKER).is_file()
-
-
-def complete_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoint folders under ``root``, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name) and is_complete(p)]
-    return sorted(found, key=step_of)
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
@@ -56,12 +34,11 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     if resume is None:
         return None
     if resume == "auto":
-        found = complete_checkpoints(checkpoint_root(run_dir))
-        return found[-1] if found else None
+        return RunDir(run_dir).latest_checkpoint()
     path = Path(resume)
     if not is_complete(path):
         raise ConfigError(
-            f"resume={resume}: not a complete checkpoint folder (no {MARKER} marker); "
+            f"resume={resume}: not a complete checkpoint folder (no {COMPLETE_MARKER} marker); "
             "pass a checkpoints/step_* folder, resume=auto, or resume=null"
         )
     return path
@@ -82,7 +59,7 @@ def save_atomic(
     """
     root = Path(root)
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{final.name}"
+    tmp = temp_path(final)
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -105,7 +82,7 @@ def save_atomic(
 def prune(root: str | Path, keep_last: int | None) -> None:
     """Keep the newest ``keep_last`` complete checkpoints (None or <= 0: keep all); drop stale temps."""
     root = Path(root)
-    for stale in root.glob(".tmp-*"):
+    for stale in root.glob(TEMP_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     if keep_last and keep_last > 0:
         for old in complete_checkpoints(root)[:-keep_last]:
@@ -113,7 +90,7 @@ def prune(root: str | Path, keep_last: int | None) -> None:
 
 
 def _write_marker(folder: Path, step: int) -> None:
-    with open(folder / MARKER, "w") as f:
+    with open(folder / COMPLETE_MARKER, "w") as f:
         json.dump({"step": step, "time": time.time()}, f)
         f.flush()
         os.fsync(f.fileno())
@@ -122,7 +99,7 @@ def _write_marker(folder: Path, step: int) -> None:
 def _replace_dir(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst``; an existing ``dst`` (same step saved again) is moved aside first."""
     if dst.exists():
-        old = dst.with_name(f".tmp-old-{dst.name}")
+        old = temp_path(dst.with_name(f"old-{dst.name}"))
         shutil.rmtree(old, ignore_errors=True)
         os.rename(dst, old)
         os.rename(src, dst)

@@ -31,15 +31,16 @@ from ovis_train.train.distributed import (
     gathered_parameters,
 )
 from ovis_train.train.errors import ConfigError
+from ovis_train.train.evaluation import caption_accuracy, first_batches, loss_sums
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.lora import apply_lora
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
 from ovis_train.train.optim import build_optimizer, build_scheduler
-from ovis_train.train.state import CONFIG_FILE, Seen, TrainState, load_checkpoint, save_checkpoint
+from ovis_train.run import RunDir
+from ovis_train.train.state import Seen, TrainState, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-EXPORT_DIR = "export"
 
 
 def train(cfg: Config) -> Path:
@@ -120,7 +121,7 @@ def train(cfg: Config) -> Path:
         if t.export and (state.step >= t.max_steps or data_ended):
             if lora:  # a plain Ovis2 export: adapters folded into the base weights
                 lora.merge(bundle.model)
-            _export(accelerator, bundle, run_dir / EXPORT_DIR)
+            _export(accelerator, bundle, RunDir(run_dir).export)
         logger.close()
         health.close()
     return run_dir
@@ -185,29 +186,19 @@ def _count(micro_batches) -> list[int]:
     ]
 
 
-@torch.no_grad()
 def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
     """Token-weighted loss over the first ``eval_batches`` held-out batches of every rank."""
     stream = _user_error("data (eval)", build_stream, cfg.data, bundle, accelerator.process_index,
                          accelerator.num_processes, "eval")
-    batches = []
-    for batch in stream:
-        batches.append(batch)
-        if len(batches) == cfg.trainer.eval_batches:
-            break
+    batches = first_batches(stream, cfg.trainer.eval_batches)
     n = all_reduce_min(accelerator, len(batches))  # ZeRO-3 forwards are collective: same count everywhere
-    model.eval()
-    loss_sum = sum(float(token_loss_sum(model, b, accelerator.device)) for b in batches[:n])
-    model.train()
-    totals = all_reduce_sum(accelerator, [loss_sum, sum(supervised_tokens(b["labels"]) for b in batches[:n])])
+    totals = all_reduce_sum(accelerator, list(loss_sums(model, batches[:n], accelerator.device)))
     return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
 
 
 def _caption_accuracy(accelerator, cfg: Config, bundle) -> float:
-    """Exact-match accuracy of greedy captions of the first held-out images (ovis_train.evaluate), on the
-    main process while the others wait. Not under ZeRO-3: generation needs whole weights on one rank."""
-    from ovis_train.evaluate import caption_accuracy
-
+    """Exact-match accuracy of greedy captions of the first held-out images, on the main process while
+    the others wait. Not under ZeRO-3: generation needs whole weights on one rank."""
     zero_stage = cfg.distributed.deepspeed.get("zero_optimization", {}).get("stage")
     if cfg.distributed.strategy == "deepspeed" and zero_stage == 3:
         log.warning("trainer.caption_eval_samples is skipped under ZeRO-3; evaluate the export instead")
@@ -237,7 +228,7 @@ def _save_run_config(accelerator, cfg: Config, run_dir: Path) -> str:
     text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(text)
+        RunDir(run_dir).config_file.write_text(text)
     accelerator.wait_for_everyone()
     return text
 

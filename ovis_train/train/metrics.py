@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ovis_train.run import RunDir
 from ovis_train.train.distributed import all_reduce_sum
-
-METRICS_FILE = "metrics.jsonl"
 
 
 class RunLogger:
@@ -22,7 +21,7 @@ class RunLogger:
 
         self.accelerator = accelerator
         self.main = accelerator.is_main_process
-        self.path = Path(run_dir) / METRICS_FILE
+        self.path = RunDir(run_dir).metrics_file
         if self.main:
             _truncate_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
         if cfg.logger.backend == "wandb":
@@ -55,11 +54,6 @@ def peak_memory_gb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _truncate_after(path: Path, step: int) -> None:

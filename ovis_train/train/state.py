@@ -16,11 +16,11 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ovis_train.train.checkpoint import checkpoint_root, save_atomic
+from ovis_train.run import CONFIG_FILE, RunDir
+from ovis_train.train.checkpoint import save_atomic
 from ovis_train.train.errors import ConfigError
 
 TRAIN_STATE_FILE = "train_state.json"
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -72,7 +72,7 @@ def save_checkpoint(accelerator, run_dir, state: TrainState, stream, config_yaml
             (folder / CONFIG_FILE).write_text(config_yaml)
 
     return save_atomic(
-        checkpoint_root(run_dir), state.step, write,
+        RunDir(run_dir).checkpoints, state.step, write,
         is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone, keep_last=keep_last,
     )
 

@@ -1,0 +1,80 @@
+"""Held-out evaluation, one implementation shared by the training loop and the tools:
+
+- ``loss_sums(model, batches, device)``: summed token loss and supervised tokens over batches (the
+  held-out loss is their ratio, so it is per caption token whatever the batching; the loop sums both
+  over ranks first);
+- ``first_batches(stream, n)``: the first batches of a (held-out) stream;
+- ``heldout_loss(bundle, urls, ...)``: the loss over the first ``limit`` samples of some shards;
+- ``caption_accuracy(bundle, urls, ...)``: exact-match accuracy of greedy captions (stripped of
+  surrounding whitespace, case-sensitive), the figure the demo and the sweeps report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from ovis_train.data import DataConfig, SourceConfig, build_stream
+from ovis_train.data.heldout import heldout_samples
+from ovis_train.model.caption import DEFAULT_PROMPT, caption
+from ovis_train.train.loss import supervised_tokens, token_loss_sum
+
+
+@torch.no_grad()
+def loss_sums(model, batches, device) -> tuple[float, int]:
+    """(summed token loss, supervised tokens) over ``batches`` in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    loss_sum = sum(float(token_loss_sum(model, b, device)) for b in batches)
+    model.train(was_training)
+    return loss_sum, sum(supervised_tokens(b["labels"]) for b in batches)
+
+
+def first_batches(stream, n: int) -> list[dict]:
+    """The first ``n`` batches of ``stream`` (fewer when it ends first)."""
+    batches = []
+    for batch in stream if n > 0 else ():
+        batches.append(batch)
+        if len(batches) == n:  # stop before reading another batch
+            break
+    return batches
+
+
+def heldout_loss(bundle, urls, template: str = DEFAULT_PROMPT, limit: int = 200, batch_size: int = 32,
+                 caption_eos: bool = False) -> float:
+    """Mean next-token loss per caption token over the first ``limit`` held-out samples of ``urls``."""
+    # whole batches that add up to exactly `limit` samples (the held-out stream reads shards in order)
+    batch_size = math.gcd(limit, batch_size)
+    data = DataConfig(sources=[SourceConfig(urls=urls, template=template)], eval_urls=urls, batch_size=batch_size,
+                      caption_eos=caption_eos)
+    model = bundle.model
+    batches = first_batches(build_stream(data, bundle, split="eval"), limit // batch_size)
+    loss_sum, tokens = loss_sums(model, batches, model.device)
+    return loss_sum / tokens
+
+
+@dataclass
+class CaptionScore:
+    accuracy: float
+    n: int
+    examples: list[tuple[str, str, str]]  # (key, reference, generated)
+    bad_counts: dict[str, int] = field(default_factory=dict)
+
+
+def caption_accuracy(bundle, urls, limit: int = 200, prompt: str = DEFAULT_PROMPT, batch_size: int = 32,
+                     max_new_tokens: int = 16) -> CaptionScore:
+    bad = Counter()
+    samples = heldout_samples(urls, limit, bad)
+    if not samples:
+        raise ValueError(f"no decodable held-out caption samples in {urls!r} (skipped: {dict(bad)})")
+    hits, examples = 0, []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        generated = caption(bundle, [s.image for s in chunk], prompt=prompt, max_new_tokens=max_new_tokens)
+        for sample, text in zip(chunk, generated):
+            hits += text.strip() == sample.caption.strip()
+            examples.append((sample.key, sample.caption, text))
+    return CaptionScore(accuracy=hits / len(samples), n=len(samples), examples=examples, bad_counts=dict(bad))
