@@ -51,4 +51,5 @@ def test_trainer_overhead_small(capsys):
 @pytest.mark.slow
 def test_p1_vs_p2_small(capsys):
     p1_vs_p2.main(["--steps", "2", "--warmup", "1", "--batch-size", "2"])
-    assert "P1/P2 step time" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "P1/P2 step time" in out and "LoRA/P2 step time" in out
