@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import Ovis2ForConditionalGeneration
 
+from ovis_train.analyze.source import load_bundle
 from ovis_train.model import ModelConfig, build_model, model_components
 from ovis_train.run import RunDir
 from ovis_train.train.config import compose
@@ -164,7 +165,9 @@ def test_merged_export_loads_in_plain_transformers_with_the_adapted_logits(tmp_p
 def test_p2_lora_from_p1_trains_adapters_exports_plain_ovis2_and_saves_only_what_trains(tmp_path):
     p1 = run(tmp_path / "p1", "trainer.max_steps=2")
     full = run(tmp_path / "p2", "phase=p2", f"init_from={p1 / 'export'}", "trainer.max_steps=2")
-    lora = run(tmp_path / "p2_lora", "phase=p2_lora", f"init_from={p1 / 'export'}", "trainer.max_steps=2")
+    lora = run(tmp_path / "p2_lora", "phase=p2_lora", f"init_from={p1 / 'export'}", "trainer.max_steps=2",
+               "trainer.vet_health_every=2")
+    assert RunDir(lora).read_metrics()[-1]["vet/entropy"] > 0  # the VET hook still sees the VET
 
     before, after = load_file(str(p1 / "export/model.safetensors")), load_file(str(lora / "export/model.safetensors"))
     assert set(before) == set(after)  # no adapter tensors, no renamed weights
@@ -186,6 +189,8 @@ def test_p2_lora_from_p1_trains_adapters_exports_plain_ovis2_and_saves_only_what
     optimizer_bytes = (ckpt / "optimizer.bin").stat().st_size
     assert optimizer_bytes < 0.4 * (full_ckpt / "optimizer.bin").stat().st_size
     assert json.loads((ckpt / BASE_HASH_FILE).read_text())["sha256"]
+    with pytest.raises(FileNotFoundError, match="LoRA run's checkpoint holds only what trains"):
+        load_bundle(ckpt)  # the analysis tool says so in one line instead of listing missing tensors
 
     p3 = run(tmp_path / "p3_lora", "phase=p3_lora", f"init_from={lora / 'export'}", "trainer.max_steps=1")
     assert (p3 / "export/model.safetensors").is_file()  # a LoRA export is an ordinary init_from

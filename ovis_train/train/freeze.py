@@ -60,7 +60,6 @@ class ParamGroup:
     lr: float
     weight_decay: float
     params: list[nn.Parameter] = field(default_factory=list)
-    lora_base: bool = False  # the frozen base tensors of a LoRA rule's component
 
     def numel(self) -> int:
         return sum(p.numel() for p in self.params)
@@ -105,7 +104,7 @@ def resolve_freeze(
     settings = [_settings(i, rule, default_lr, default_weight_decay) for i, rule in enumerate(rules)]
 
     groups = [ParamGroup(_group_name(i, rule), *settings[i]) for i, rule in enumerate(rules)]
-    bases = {i: ParamGroup(f"{groups[i].name} (base)", False, 0.0, 0.0, lora_base=True)
+    bases = {i: ParamGroup(f"{groups[i].name} (base)", False, 0.0, 0.0)
              for i, rule in enumerate(rules) if rule.lora is not None}
     unclaimed, winners = [], {}
     for key, (param, names) in tensors.items():
@@ -123,7 +122,7 @@ def resolve_freeze(
         )
     trains = {key: settings[w][0] and (rules[w].lora is None or _is_adapter(tensors[key][1]))
               for key, w in winners.items()}
-    _check_adapters(rules, tensors, winners)
+    _check_adapters(rules, tensors, winners, groups)
     _check_tied(rules, rule_names, tensors, winners, trains)
     _check_no_overridden_rule(rules, rule_names, settings, groups, bases, tensors, winners, trains)
     groups += list(bases.values())
@@ -212,8 +211,14 @@ def _group_name(index: int, rule: FreezeRule) -> str:
     return rule.match if not rule.match.startswith(REGEX_PREFIX) else f"rule{index + 1}"
 
 
-def _check_adapters(rules, tensors, winners) -> None:
+def _check_adapters(rules, tensors, winners, groups) -> None:
     """LoRA tensors belong to the LoRA rule that made them; an earlier rule claiming them is a mistake."""
+    for i, rule in enumerate(rules):
+        if rule.lora is not None and not groups[i].params and not any(_is_adapter(n) for _, n in tensors.values()):
+            raise ConfigError(
+                f"freeze rule #{i + 1} {rule.match!r} asks for LoRA but the model has no adapters; "
+                "ovis_train.train.lora.apply_lora(model, cfg) injects them before the rules are resolved"
+            )
     for key, w in winners.items():
         names = tensors[key][1]
         if _is_adapter(names) and rules[w].lora is None:

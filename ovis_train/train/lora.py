@@ -192,14 +192,18 @@ class LoraAdapters:
 
     @staticmethod
     def merge(model: nn.Module) -> None:
-        """Fold every adapter into its base weight and put the plain layer back (for export)."""
+        """Fold every adapter into its base weight and put the plain layer back (for export); 4-bit (QLoRA)
+        layers come back as ordinary Linear layers in their compute dtype."""
         from peft.tuners.lora import LoraLayer
 
         for name, module in list(model.named_modules()):
             if isinstance(module, LoraLayer):
                 module.merge(safe_merge=True)
-                base = module.get_base_layer()
-                _set_submodule(model, name, _dequantized(base))
+                _set_submodule(model, name, module.get_base_layer())
+        for name, module in list(model.named_modules()):  # QLoRA: every 4-bit layer, adapted or not
+            plain = _dequantized(module)
+            if plain is not module:
+                _set_submodule(model, name, plain)
 
 
 def _frozen_names(model: nn.Module) -> set[str]:
