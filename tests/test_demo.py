@@ -42,3 +42,19 @@ def test_demo_runs_both_phases_and_scores_each_stage(tmp_path, monkeypatch, capf
     assert "| after P2  |" in printed.out and str(out / "results.md") in printed.out
     # quieted, the phases still draw their progress bars (the demo's one sign of life while it trains)
     assert "p1: 100%" in printed.err and "p2: 100%" in printed.err
+
+
+def test_the_documented_phase_commands_are_the_ones_the_demo_runs():
+    """README.md and recipes/demo/README.md show the commands the demo prints (its defaults, Fashion-MNIST)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    repo = Path(demo.__file__).resolve().parents[1]
+    expected = demo.phase_commands(demo.parse_args(["--dataset", "fashion_mnist"]), "fashion_mnist")
+    for doc in ("README.md", "recipes/demo/README.md"):
+        documented = {}
+        for line in re.findall(r"^python -m ovis_train (phase=demo_p\d.*)$", (repo / doc).read_text(), re.M):
+            words = [w for w in shlex.split(line) if not w.startswith(("run_dir=", "init_from="))]
+            documented["P" + words[0][-1]] = words
+        assert documented == expected, doc

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import IMAGE_MARKER
 from .decode import BadSample, DecodedSample
 
 IGNORE_INDEX = -100
-IMAGE_MARKER = "<image>"
 PROMPT_KEYS = ("input_ids", "attention_mask")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 

@@ -3,10 +3,12 @@
     python -m ovis_train.data.make_shards folder  IMAGES_DIR   --out data/shards/mine
     python -m ovis_train.data.make_shards table   captions.jsonl|csv --out data/shards/mine
     python -m ovis_train.data.make_shards hf      SAVED_DATASET_DIR --split train --out data/shards/mine
-    python -m ovis_train.data.make_shards fashion-mnist|mnist-5k|digits --out data/shards/fashion_mnist
+    python -m ovis_train.data.make_shards fashion-mnist|mnist-5k|digits
 
 The real-dataset builders write ``train-*.tar`` and ``heldout-*.tar`` (use the latter as
-``data.eval_urls``). Every run prints the brace patterns to put in ``data.sources[].urls``.
+``data.eval_urls``), by default where ``conf/data/<name>.yaml`` reads them and cut as its patterns
+count (``offline_datasets.shards_dir`` / ``SAMPLES_PER_SHARD``). Every run prints the brace patterns
+to put in ``data.sources[].urls``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import sys
 
 from .inputs import folder_samples, hf_samples, table_samples
-from .offline_datasets import BUILDERS
+from .offline_datasets import BUILDERS, SAMPLES_PER_SHARD, shards_dir
 from .writer import write_shards
 
 
@@ -26,8 +28,10 @@ def parse_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["folder", "table", "hf", *BUILDERS])
     parser.add_argument("input", nargs="?", help="folder / table file / saved dataset (not for the builders)")
-    parser.add_argument("--out", required=True, help="output folder (keep generated shards out of git: data/shards/)")
-    parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument("--out", help="output folder (keep generated shards out of git: data/shards/); "
+                                      "builders: default where conf/data/<name>.yaml reads them")
+    parser.add_argument("--samples-per-shard", type=int, default=None,
+                        help="default: 1000; builders: as conf/data/<name>.yaml counts them")
     parser.add_argument("--prefix", default="shard", help="shard file prefix (folder/table/hf)")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--caption-column", default="caption")
@@ -37,6 +41,12 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.kind in ("folder", "table", "hf") and not args.input:
         parser.error(f"{args.kind} needs an input path")
+    if args.kind in BUILDERS:
+        args.out = args.out or shards_dir(args.kind)
+        args.samples_per_shard = args.samples_per_shard or SAMPLES_PER_SHARD[args.kind]
+    elif not args.out:
+        parser.error(f"{args.kind} needs --out")
+    args.samples_per_shard = args.samples_per_shard or 1000
     return args
 
 
