@@ -165,6 +165,9 @@ def validate(cfg: Config) -> None:
         f"distributed.strategy={cfg.distributed.strategy!r}: choose ddp or deepspeed (distributed=ddp|zero2|zero3)",
     )
     _require(cfg.logger.backend in ("wandb", "none"), f"logger.backend={cfg.logger.backend!r}: choose wandb or none")
+    from ovis_train.train.lora import check_lora_rules
+
+    check_lora_rules(cfg)  # lora: settings and ZeRO-3
 
 
 def _require(ok: bool, message: str) -> None:

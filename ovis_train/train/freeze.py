@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ovis_train.train.errors import ConfigError
+from ovis_train.errors import ConfigError
 
 REGEX_PREFIX = "re:"
 ADAPTER_MARK = ".lora_"  # in the names of peft's LoRA tensors (lora_A / lora_B)

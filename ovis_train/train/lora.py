@@ -6,7 +6,7 @@ module names, so a ``q_proj`` target on ``llm`` never reaches the ViT's ``q_proj
 model itself: parameter names keep their component prefixes, so freeze rules, the VET health hook,
 checkpoints and exports see the model they know. Refused with one line: LoRA on a tied weight (a tied
 ``lm_head`` would stop being tied), targets that match nothing, ZeRO-3, and QLoRA without CUDA or
-bitsandbytes.
+bitsandbytes; what needs no model (``check_lora_rules``) already when the config is validated.
 
 A LoRA run's checkpoints hold what trains (adapters, fully trained components, buffers) plus the
 optimizer, schedule, RNG and data position, never the frozen base: resume rebuilds the base from
@@ -21,14 +21,17 @@ import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ovis_train.errors import ConfigError
 from ovis_train.model import model_components
-from ovis_train.train.config import Config
-from ovis_train.train.errors import ConfigError
 from ovis_train.train.freeze import FreezeRule, component_names
+
+if TYPE_CHECKING:
+    from ovis_train.train.config import Config
 
 ADAPTER_NAME = "default"
 BASE_HASH_FILE = "lora_base.json"  # in every checkpoint of a LoRA run
@@ -39,16 +42,39 @@ def has_lora(cfg: Config) -> bool:
     return any(rule.lora is not None for rule in cfg.phase.rules)
 
 
+def check_lora_rules(cfg: Config) -> None:
+    """What needs no model: called by the config's validate() and again by apply_lora."""
+    stage = cfg.distributed.deepspeed.get("zero_optimization", {}).get("stage", 0)
+    for index, rule in enumerate(cfg.phase.rules):
+        if rule.lora is None:
+            continue
+        where, spec = f"freeze rule #{index + 1} {rule.match!r}", rule.lora
+        if cfg.distributed.strategy == "deepspeed" and stage == 3:
+            raise ConfigError(
+                f"{where}: LoRA is not supported under ZeRO-3 (its partitioned weights cannot be merged in place "
+                "for the export); use distributed=zero2 or ddp: with a frozen base, ZeRO-2 already shards what trains"
+            )
+        if rule.match.startswith("re:"):
+            raise ConfigError(f"{where}: lora needs a component (e.g. match: llm), not a regex")
+        if rule.trainable:
+            raise ConfigError(
+                f"{where} has lora and trainable: true; a LoRA rule trains its adapters and freezes the component: "
+                "drop trainable (or drop lora to train the whole component)"
+            )
+        if spec.r < 1 or spec.alpha <= 0 or not 0 <= spec.dropout < 1:
+            raise ConfigError(f"{where}: lora needs r >= 1, alpha > 0 and 0 <= dropout < 1 (got r={spec.r}, "
+                              f"alpha={spec.alpha}, dropout={spec.dropout})")
+        if not spec.targets:
+            raise ConfigError(f"{where}: lora.targets is empty; name the Linear layers, e.g. [q_proj, v_proj]")
+        if spec.quantize is not None and spec.quantize not in QUANTIZE_CHOICES:
+            raise ConfigError(f"{where}: lora.quantize={spec.quantize!r}; choose one of {QUANTIZE_CHOICES} or null")
+
+
 def apply_lora(model: nn.Module, cfg: Config) -> LoraAdapters | None:
     """Inject the adapters of every LoRA rule into ``model`` (before the freeze rules are resolved)."""
     if not has_lora(cfg):
         return None
-    stage = cfg.distributed.deepspeed.get("zero_optimization", {}).get("stage", 0)
-    if cfg.distributed.strategy == "deepspeed" and stage == 3:
-        raise ConfigError(
-            "LoRA rules are not supported under ZeRO-3 (its partitioned weights cannot be merged in place for "
-            "export); use distributed=zero2 or ddp: with a frozen base, ZeRO-2 already shards what trains"
-        )
+    check_lora_rules(cfg)
     from peft import LoraConfig, inject_adapter_in_model
 
     components = model_components(model)
@@ -71,15 +97,6 @@ def _target_modules(model: nn.Module, index: int, rule: FreezeRule, components) 
     """Full names of the component's Linear layers that the rule's targets name."""
     where = f"freeze rule #{index + 1} {rule.match!r}"
     spec = rule.lora
-    if rule.match.startswith("re:"):
-        raise ConfigError(f"{where}: lora needs a component (e.g. match: llm), not a regex")
-    if spec.r < 1 or spec.alpha <= 0 or not 0 <= spec.dropout < 1:
-        raise ConfigError(f"{where}: lora needs r >= 1, alpha > 0 and 0 <= dropout < 1 (got r={spec.r}, "
-                          f"alpha={spec.alpha}, dropout={spec.dropout})")
-    if not spec.targets:
-        raise ConfigError(f"{where}: lora.targets is empty; name the Linear layers, e.g. [q_proj, v_proj]")
-    if spec.quantize is not None and spec.quantize not in QUANTIZE_CHOICES:
-        raise ConfigError(f"{where}: lora.quantize={spec.quantize!r}; choose one of {QUANTIZE_CHOICES} or null")
     inside = set(component_names(rule.match, components, where))
     names_of = {}
     for name, param in model.named_parameters(remove_duplicate=False):
