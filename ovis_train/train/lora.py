@@ -117,8 +117,8 @@ def _target_modules(model: nn.Module, index: int, rule: FreezeRule, components) 
         if tied:
             raise ConfigError(
                 f"{where}: {name}.weight is tied to {tied[0]} (one tensor); LoRA would untie them, so it is "
-                f"refused: drop {name.rsplit('.', 1)[-1]} from lora.targets and freeze {rule.match} "
-                "(or set trainable: true on it and on the component it is tied to)"
+                f"refused: drop {name.rsplit('.', 1)[-1]} from lora.targets and freeze {rule.match} (or train it "
+                "fully, with the same setting for both names)"
             )
     return chosen
 
