@@ -178,6 +178,9 @@ def build_stream(cfg: DataConfig, bundle, rank: int = 0, world_size: int = 1, sp
         batch_size=cfg.batch_size, pad_token_id=pad_token_id, padding_side=cfg.padding_side,
         max_image_pixels=cfg.max_image_pixels, max_images=cfg.max_images_per_sample, draft_size=draft_size(processor),
         max_bad_fraction=cfg.max_bad_fraction, bad_check_min_samples=cfg.bad_check_min_samples,
+        # held-out evaluation never packs: its loss must not depend on packing, and generation cannot isolate
+        pack_length=(cfg.pack_length or cfg.max_length) if cfg.packing and train else None,
+        pack_buffer=cfg.pack_buffer,
     )
     # what decides which reader reads which sample: a saved position is only valid when it is unchanged
     layout = [[urls for urls, _, _ in expanded], cfg.seed, spec.shuffle, spec.block_size]
