@@ -100,7 +100,7 @@ def train(cfg: Config) -> Path:
             state.step += 1
             state.add(seen)
             seconds = time.perf_counter() - start
-            rows, slots = all_reduce_sum(accelerator, _rows(micro_batches))
+            rows, slots = (float(v) for v in all_reduce_sum(accelerator, _rows(micro_batches)))
             metrics = {"loss": loss, "grad_norm": grad_norm, **lrs, "step_seconds": seconds,
                        "data_wait": data_wait / seconds, "tokens_per_s": seen.tokens / seconds,
                        "images_per_s": seen.images / seconds,
