@@ -160,6 +160,18 @@ def test_resume_with_packing_is_exact(bundle, conversation_shards, num_workers, 
     assert resumed.samples_seen == straight.samples_seen  # replaying the buffer counts nothing twice
 
 
+def test_a_packed_run_resumes_unpacked_without_repeating_or_losing_a_sample(bundle, conversation_shards):
+    packed = config(conversation_shards, max_length=128, packing=True, pack_length=200, pack_buffer=6, batch_size=2)
+    stream = build_stream(packed, bundle)
+    before = [k for _, batch in zip(range(3), stream) for k in batch["keys"]]
+    resumed = build_stream(config(conversation_shards, max_length=128, batch_size=4), bundle)
+    resumed.load_state_dict(stream.state_dict())
+    batches = list(resumed)
+    assert all("attention_mask" in b and "position_ids" not in b for b in batches)
+    after = [k for batch in batches for k in batch["keys"]]
+    assert sorted(before + after) == sorted(f"conv{i:05d}" for i in range(40))
+
+
 def test_eval_split_never_packs(bundle, conversation_shards):
     cfg = config(conversation_shards, packing=True, eval_urls=conversation_shards, batch_size=4)
     batch = next(iter(build_stream(cfg, bundle, split="eval")))

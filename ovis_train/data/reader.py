@@ -10,7 +10,8 @@ refilled before every row. The state after a batch then also holds ``pack``: the
 before the oldest buffered sample was read (``from``), how many good samples were read since (``read``)
 and which of them are still buffered (``pending``, at most ``pack_buffer`` integers). Restoring re-reads
 and re-encodes those ``read`` samples from ``from`` (at most ``pack_buffer`` rows' worth), keeps the
-pending ones, and continues: the same rows as without the interruption. Counters are not re-counted.
+pending ones, and continues: the same rows as without the interruption. Counters are not re-counted. A run saved packed may resume unpacked (and the other way): the buffered
+samples then come first.
 """
 
 from __future__ import annotations
@@ -105,8 +106,10 @@ class Reader:
         if self.spec.pack_length:
             yield from self.packed_batches()
             return
-        while pending := self.encode_next(self.spec.batch_size):
-            yield self.collate([p.sample for p in pending], [p.key for p in pending]), self.state_dict()
+        size, pending = self.spec.batch_size, self.restore_buffer()  # buffered when the saved run packed
+        while pending := pending + self.encode_next(size - len(pending)):
+            batch, pending = pending[:size], pending[size:]
+            yield self.collate([p.sample for p in batch], [p.key for p in batch]), self.packed_state(pending)
         yield None, self.state_dict()
 
     def packed_batches(self):
