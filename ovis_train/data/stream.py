@@ -20,7 +20,8 @@ have run dry, DataLoader's interleaving of the rest is not reproduced; the sampl
 Changing world size, worker count, seed, shuffle settings or the shard lists changes which reader
 owns which shard, so positions cannot carry over: the stream then logs a warning and starts the
 epoch after the furthest one recorded, per source (no sample of the new epoch is repeated or
-skipped; the rest of the interrupted epoch is skipped). Batch size may change freely.
+skipped; the rest of the interrupted epoch is skipped). Batch size may change freely, and so may packing
+(a packing reader's state also holds its look-ahead buffer; see ``reader.py``).
 """
 
 from __future__ import annotations
