@@ -132,9 +132,11 @@ def _train(cfg: Config, stop: StopSignals) -> Path:
                 log.warning("step %d: loss=%g, grad_norm=%g: not finite, update skipped (%d in a row, stop at %d)",
                             state.step, loss, grad_norm, guard.streak, t.max_nonfinite_steps)
             seconds = time.perf_counter() - start
+            rows, slots = (float(v) for v in all_reduce_sum(accelerator, _rows(micro_batches)))
             metrics = {"loss": loss, "grad_norm": grad_norm, **lrs, "step_seconds": seconds,
                        "data_wait": data_wait / seconds, "tokens_per_s": seen.tokens / seconds,
                        "images_per_s": seen.images / seconds, "train/skipped_steps": guard.total,
+                       "data/padding_fraction": 1 - seen.tokens / slots, "data/samples_per_row": seen.samples / rows,
                        "memory/peak_gb": peak_memory_gb(accelerator.device),
                        **perf_metrics(flop_counter.total(micro_batches), seconds, peak)}
             if t.vet_health_every and state.step % t.vet_health_every == 0:
@@ -237,10 +239,15 @@ def _count(micro_batches) -> list[int]:
     """This rank's (supervised tokens, tokens, images, samples), in ``Seen`` order."""
     return [
         sum(supervised_tokens(b["labels"]) for b in micro_batches),
-        sum(int(b["attention_mask"].sum()) for b in micro_batches),
+        sum(int(b["n_tokens"]) if "n_tokens" in b else int(b["attention_mask"].sum()) for b in micro_batches),
         sum(int(b.get("n_images", 0)) for b in micro_batches),
-        sum(len(b["input_ids"]) for b in micro_batches),
+        sum(int(b.get("n_samples", len(b["input_ids"]))) for b in micro_batches),  # packed rows hold several
     ]
+
+
+def _rows(micro_batches) -> list[int]:
+    """This rank's (rows, token slots including padding): for data/padding_fraction and data/samples_per_row."""
+    return [sum(len(b["input_ids"]) for b in micro_batches), sum(b["input_ids"].numel() for b in micro_batches)]
 
 
 def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
