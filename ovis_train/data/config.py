@@ -14,7 +14,8 @@ class SourceConfig:
         local paths, ``file:``, ``http(s)://`` or ``pipe:`` (anything webdataset's ``gopen`` opens).
     weight: relative sampling weight when several sources are mixed.
     template: prompt put before a caption; must contain ``<image>`` exactly once (the processor
-        expands it into the model's image placeholder block). Conversation samples ignore it.
+        expands it into the model's image placeholder block). Conversation samples (0..N images,
+        their own markers) ignore it.
     """
 
     urls: Any = ""
@@ -42,6 +43,10 @@ class DataConfig:
     epochs: int | None = None  # train passes over the data; None = endless (epochs advance on their own)
     max_bad_fraction: float = 0.05  # stop when more than this share of samples is bad ...
     bad_check_min_samples: int = 200  # ... once at least this many samples were seen (per reader)
+    max_images_per_sample: int = 16  # samples with more images are skipped (too_many_images)
+    # visual tokens (crops x tokens per crop) one sample's images may take together: multi-crop processors
+    # then cut fewer crops per image (never fewer than one); None = the processor's own max_patches
+    max_visual_tokens_per_sample: int | None = None
     max_image_pixels: int = 64_000_000  # larger images are skipped (decompression bomb guard; PIL itself
     # refuses more than 2 x PIL.Image.MAX_IMAGE_PIXELS, ~179M, whatever this says)
     prefetch_factor: int = 2
@@ -52,8 +57,10 @@ class DataConfig:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"data.padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        for name, low in (("batch_size", 1), ("max_length", 1), ("num_workers", 0)):
+        for name, low in (("batch_size", 1), ("max_length", 1), ("num_workers", 0), ("max_images_per_sample", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.max_visual_tokens_per_sample is not None and self.max_visual_tokens_per_sample < 1:
+            raise ValueError(f"data.max_visual_tokens_per_sample must be >= 1 or null, got {self.max_visual_tokens_per_sample}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"data.max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")

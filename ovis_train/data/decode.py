@@ -1,22 +1,30 @@
-"""Raw sample bytes -> (RGB image, caption or conversation), or a ``BadSample`` with a reason.
+"""Raw sample bytes -> (RGB images, caption or conversation), or a ``BadSample`` with a reason.
+
+A sample holds 0..N images. In a tar they are ``key.0.jpg, key.1.png, ...`` numbered in the order of
+the ``<image>`` markers of the text (``key.jpg`` alone stands for one image), beside ``key.json``
+(``{"caption"}``, ``{"conversations": [{"from", "value"}]}`` or ``{"messages": [{"role", "content"}]}``)
+or ``key.txt`` (a caption). Captions take exactly one image; conversations take any number, text-only included.
 
 Reasons (the keys of ``bad_counts``): empty_image, undecodable_image, truncated_image, unprocessable_image,
 too_many_pixels, missing_image, missing_caption, empty_caption, caption_not_utf8, invalid_json,
-image_marker_mismatch, too_long, no_supervised_tokens.
+image_numbering (files not numbered 0..N-1), too_many_images (over data.max_images_per_sample),
+image_marker_mismatch (markers != images), too_long, no_supervised_tokens.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 ORDINARY_MODES = ("RGB", "L")  # converted without being worth a count
+_NUMBERED = re.compile(r"^(\d+)\.(" + "|".join(IMAGE_EXTENSIONS) + r")$")
 
 
 class BadSample(Exception):
@@ -31,24 +39,30 @@ class BadSample(Exception):
 class DecodedSample:
     key: str
     shard: str
-    image: Image.Image | None
+    images: list[Image.Image] = field(default_factory=list)  # in marker order
     caption: str | None = None
-    conversation: list[dict] | None = None  # [{"from": "human"|"gpt"|"system", "value": str}]
-    converted_from: str | None = None  # the original PIL mode of an unusual image (CMYK, I;16, P, RGBA, ...)
+    conversation: list[dict] | None = None  # turns as stored: {"from", "value"} or {"role", "content"}
+    converted_from: list[str] = field(default_factory=list)  # original PIL modes of unusual images (CMYK, P, ...)
+
+    @property
+    def image(self) -> Image.Image | None:
+        """The first image (caption samples have exactly one)."""
+        return self.images[0] if self.images else None
 
 
-def decode_sample(raw: dict, max_pixels: int, draft_size: int | None) -> DecodedSample:
-    image, mode = decode_image(raw, max_pixels, draft_size)
-    sample = DecodedSample(key=raw["__key__"], shard=raw["__shard__"], image=image,
-                           converted_from=mode if mode not in (None, *ORDINARY_MODES) else None)
+def decode_sample(raw: dict, max_pixels: int, draft_size: int | None, max_images: int | None = None) -> DecodedSample:
+    sample = DecodedSample(key=raw["__key__"], shard=raw["__shard__"])
     if "json" in raw:
         meta = _parse_json(raw["json"])
-        if "conversations" in meta:
-            sample.conversation = meta["conversations"]
-            return sample
-        if "caption" not in meta:
-            raise BadSample("missing_caption", 'json has neither "caption" nor "conversations"')
-        sample.caption = _check_caption(meta["caption"])
+        turns = meta.get("conversations", meta.get("messages"))
+        if turns is not None:
+            if not isinstance(turns, list):
+                raise BadSample("invalid_json", "conversations/messages is not a list")
+            sample.conversation = turns
+        elif "caption" not in meta:
+            raise BadSample("missing_caption", 'json has none of "caption", "conversations", "messages"')
+        else:
+            sample.caption = _check_caption(meta["caption"])
     elif "txt" in raw:
         try:
             sample.caption = _check_caption(raw["txt"].decode("utf-8"))
@@ -56,9 +70,30 @@ def decode_sample(raw: dict, max_pixels: int, draft_size: int | None) -> Decoded
             raise BadSample("caption_not_utf8", str(e)) from None
     else:
         raise BadSample("missing_caption", "no .txt or .json")
-    if image is None:
+    names = image_members(raw)
+    if max_images is not None and len(names) > max_images:
+        raise BadSample("too_many_images", f"{len(names)} images > data.max_images_per_sample={max_images}")
+    if sample.caption is not None and not names:
         raise BadSample("missing_image", f"no .{'/.'.join(IMAGE_EXTENSIONS)}")
+    if sample.caption is not None and len(names) > 1:
+        raise BadSample("image_marker_mismatch", f"a caption sample with {len(names)} images (captions take one)")
+    for name in names:
+        image, mode = decode_image(raw[name], name, max_pixels, draft_size)
+        sample.images.append(image)
+        if mode not in ORDINARY_MODES:
+            sample.converted_from.append(mode)
     return sample
+
+
+def image_members(raw: dict) -> list[str]:
+    """The sample's image extensions in marker order: ``["0.jpg", "1.png", ...]`` or ``["jpg"]``."""
+    plain = [e for e in IMAGE_EXTENSIONS if e in raw]
+    numbered = sorted((int(m.group(1)), name) for name in raw if (m := _NUMBERED.match(name)))
+    if plain and numbered or len(plain) > 1:
+        raise BadSample("image_numbering", f"ambiguous image files {sorted(plain + [n for _, n in numbered])}")
+    if [i for i, _ in numbered] != list(range(len(numbered))):
+        raise BadSample("image_numbering", f"image files {[n for _, n in numbered]} are not numbered 0..N-1")
+    return plain or [name for _, name in numbered]
 
 
 def _parse_json(data: bytes) -> dict:
@@ -81,12 +116,8 @@ def _check_caption(caption) -> str:
     return caption.strip()
 
 
-def decode_image(raw: dict, max_pixels: int, draft_size: int | None) -> tuple[Image.Image | None, str | None]:
-    """(RGB image, its original mode), (None, None) when the sample has no image."""
-    ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
-    if ext is None:
-        return None, None
-    data = raw[ext]
+def decode_image(data: bytes, ext: str, max_pixels: int, draft_size: int | None) -> tuple[Image.Image, str]:
+    """(RGB image, its original mode) of one image file's bytes (``ext`` names it in messages)."""
     if not data:
         raise BadSample("empty_image", f".{ext} is zero bytes")
     try:

@@ -1,11 +1,21 @@
-"""Decoded sample -> token ids, labels and image tensors, using the model's own processor.
+"""Decoded samples -> token ids, labels and image tensors, a batch at a time, with the model's own processor.
 
-A sample is a list of segments, each tokenized on its own: the processor expands ``<image>``
-in a segment into the model's placeholder block (and returns its pixel tensors); plain text goes
-through the tokenizer. Only supervised segments (a caption; an assistant turn through its
-end-of-turn token) carry labels. Truncation to ``max_length`` shortens text segments only: a
-segment holding an image is kept whole or dropped with everything after it, so an image block
-is never cut.
+A sample is text with N ``<image>`` markers plus N images (N >= 0; a caption is one turn with one image).
+It is cut into segments, each tokenized on its own: unsupervised prompt text (system / user turns, the
+template's role headers, image markers) and supervised answers (a caption; an assistant turn through its
+end-of-turn token). Segments belong to turns (a prompt and its answer).
+
+Batching. All images of a batch go through one image-processor call (per crop limit, see below); its
+``grids`` say how many crops belong to which image, and the processor's own ``replace_image_token``
+gives each marker's placeholder block. All texts then go through one tokenizer call.
+
+Multi-crop budget. With ``max_visual_tokens`` set, a sample's images get at most that many visual tokens
+together: the crop grid per image shrinks (never below one crop, as Ovis2 does for several images); no
+image is dropped for it.
+
+Truncation to ``max_length`` keeps whole turns in order and drops the first turn that does not fit with
+everything after it. Only when the first turn alone is too long is it cut, and only in its text: an image
+block is never cut (a sample whose first turn's images do not fit is ``too_long``).
 """
 
 from __future__ import annotations
@@ -18,7 +28,6 @@ from .decode import BadSample, DecodedSample
 
 IGNORE_INDEX = -100
 IMAGE_MARKER = "<image>"
-PROMPT_KEYS = ("input_ids", "attention_mask")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 # Used only when the tokenizer has no chat template of its own; eos ends an assistant turn.
@@ -33,9 +42,13 @@ FALLBACK_CHAT_TEMPLATE = (
 class Segment:
     text: str
     supervised: bool
-    image: object = None  # PIL image when the text holds the <image> marker
-    ids: list[int] | None = None  # already tokenized (batched processor call)
-    image_inputs: dict | None = None
+    turn: int  # truncation keeps or drops a turn's segments together
+    images: list = field(default_factory=list)  # PIL images of the text's markers, in order
+    add_eos: bool = False  # a caption with data.caption_eos
+    special_tokens: bool = False  # a caption's prompt: the tokenizer's special tokens, as a lone processor call adds
+    answer_until_end_of_turn: bool = False  # an assistant turn: labels stop at its end-of-turn token
+    ids: list[int] | None = None  # filled by the batched tokenization
+    image_inputs: list[dict] = field(default_factory=list)  # one processor output per image
 
 
 @dataclass
@@ -46,99 +59,45 @@ class EncodedSample:
 
 
 class SampleEncoder:
-    def __init__(self, processor, tokenizer, max_length: int, caption_eos: bool):
+    def __init__(self, processor, tokenizer, max_length: int, caption_eos: bool, max_visual_tokens: int | None = None):
         self.processor = processor
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.caption_eos = caption_eos
+        self.max_visual_tokens = max_visual_tokens
         self.end_of_turn_id = tokenizer.eos_token_id
+        image_processor = processor.image_processor
+        self.max_crops = image_processor.max_patches if image_processor.crop_to_patches else 1
 
     def encode_many(self, items: list[tuple[DecodedSample, str]]) -> list[EncodedSample | BadSample]:
-        """(sample, template) pairs -> encoded samples or the BadSample each one raised, in order.
-        Caption samples sharing a template go through the processor in one call (its per-call
-        overhead is ~5x the per-image work at small image sizes)."""
+        """(sample, caption template) pairs -> encoded samples or the BadSample each one raised, in order."""
         results: list = [None] * len(items)
-        by_template: dict[str, list[int]] = {}
+        planned: dict[int, list[Segment]] = {}
         for i, (sample, template) in enumerate(items):
-            if sample.conversation is None:
-                by_template.setdefault(template, []).append(i)
-            else:
-                results[i] = _outcome(lambda s=sample: self.encode(self.conversation_segments(s), conversation=True))
-        for template, indices in by_template.items():
-            samples = [items[i][0] for i in indices]
-            for i, segments in zip(indices, self.caption_segments(samples, template)):
-                results[i] = _outcome(lambda g=segments: self.encode(g, conversation=False))
+            try:
+                planned[i] = (self.conversation_segments(sample) if sample.conversation is not None
+                              else self.caption_segments(sample, template))
+            except BadSample as bad:
+                results[i] = bad
+        for i, bad in self.process_images(planned).items():
+            results[i] = bad
+            del planned[i]
+        self.tokenize(list(planned.values()))
+        for i, segments in planned.items():
+            try:
+                results[i] = self.assemble(segments)
+            except BadSample as bad:
+                results[i] = bad
         return results
 
-    def caption_segments(self, samples: list[DecodedSample], template: str) -> list[list[Segment]]:
-        captions = self.tokenizer([s.caption for s in samples], add_special_tokens=False)["input_ids"]
-        prompts = self.batched_prompts(template, [s.image for s in samples])
-        if prompts is None:  # tokenized one by one in encode()
-            return [[Segment(template, False, s.image), Segment(s.caption, True, ids=c)]
-                    for s, c in zip(samples, captions)]
-        return [[Segment(template, False, s.image, ids=ids, image_inputs=inputs), Segment(s.caption, True, ids=c)]
-                for s, c, (ids, inputs) in zip(samples, captions, prompts)]
+    # --- segments -------------------------------------------------------------------------------------
 
-    def batched_prompts(self, template: str, images: list) -> list[tuple[list[int], dict]] | None:
-        """One processor call for many prompts; None where per-image outputs cannot be told apart."""
-        if len(images) < 2 or self.tokenizer.pad_token is None:
-            return None
-        try:
-            encoded = self.processor(text=[template] * len(images), images=images, return_tensors="pt", padding=True)
-        except Exception:
-            return None  # one image the processor rejects: the per-sample calls find which
-        tensors = {k: v for k, v in encoded.items() if k not in PROMPT_KEYS and isinstance(v, torch.Tensor)}
-        if any(v.shape[0] != len(images) for v in tensors.values()):
-            return None  # multi-crop: how many crops belong to which image is the processor's business
-        mask = encoded["attention_mask"].bool()
-        return [(encoded["input_ids"][i][mask[i]].tolist(), {k: v[i: i + 1] for k, v in tensors.items()})
-                for i in range(len(images))]
-
-    def encode(self, segments: list[Segment], conversation: bool) -> EncodedSample:
-        out = EncodedSample([], [])
-        for segment in segments:
-            room = self.max_length - len(out.input_ids)
-            ids, image_inputs = self.tokenize(segment, add_special_tokens=not conversation and segment is segments[0])
-            if segment.supervised and not conversation and self.caption_eos:
-                ids = ids + [self.tokenizer.eos_token_id]
-            if len(ids) > room and (segment.image is not None or room <= 0):
-                break  # an image block is never cut: drop it and everything after it
-            ids = ids[:room]
-            out.input_ids += ids
-            out.labels += self.labels_for(ids, segment.supervised, conversation)
-            if image_inputs is not None:
-                out.image_inputs.append(image_inputs)
-            if len(out.input_ids) >= self.max_length:
-                break
-        if not any(label != IGNORE_INDEX for label in out.labels):
-            if any(s.supervised for s in segments):
-                raise BadSample("too_long", f"no caption/answer token fits in data.max_length={self.max_length}")
-            raise BadSample("no_supervised_tokens", "no assistant turn to learn from")
-        return out
-
-    def tokenize(self, segment: Segment, add_special_tokens: bool) -> tuple[list[int], dict | None]:
-        if segment.ids is not None:
-            return segment.ids, segment.image_inputs
-        if segment.image is None:
-            return self.tokenizer(segment.text, add_special_tokens=add_special_tokens)["input_ids"], None
-        try:
-            encoded = self.processor(text=segment.text, images=[segment.image], return_tensors="pt",
-                                     add_special_tokens=add_special_tokens)
-        except Exception as e:  # e.g. an image too small or too odd for the processor's resize
-            raise BadSample("unprocessable_image", f"{type(e).__name__}: {e}") from None
-        image_inputs = {k: v for k, v in encoded.items() if k not in PROMPT_KEYS and isinstance(v, torch.Tensor)}
-        return encoded["input_ids"][0].tolist(), image_inputs
-
-    def labels_for(self, ids: list[int], supervised: bool, conversation: bool) -> list[int]:
-        if not supervised:
-            return [IGNORE_INDEX] * len(ids)
-        if conversation and self.end_of_turn_id in ids:
-            # supervise through the turn's end token; what the template adds after it is not the model's
-            last = len(ids) - 1 - ids[::-1].index(self.end_of_turn_id)
-            return ids[: last + 1] + [IGNORE_INDEX] * (len(ids) - last - 1)
-        return list(ids)
+    def caption_segments(self, sample: DecodedSample, template: str) -> list[Segment]:
+        return [Segment(template, False, 0, images=list(sample.images), special_tokens=True),
+                Segment(sample.caption, True, 0, add_eos=self.caption_eos)]
 
     def conversation_segments(self, sample: DecodedSample) -> list[Segment]:
+        """Renders the conversation prefix by prefix with the chat template to find each assistant turn."""
         messages = conversation_messages(sample)
         template = self.tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
 
@@ -148,7 +107,7 @@ class SampleEncoder:
             return self.tokenizer.apply_chat_template(turns, tokenize=False, chat_template=template,
                                                       add_generation_prompt=generation_prompt)
 
-        pieces, done = [], ""
+        pieces, done, turn = [], "", 0
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
@@ -158,22 +117,154 @@ class SampleEncoder:
                     "the tokenizer's chat template does not render conversations prefix by prefix, so "
                     "assistant turns cannot be located; give the tokenizer a template without history rewriting"
                 )
-            pieces += [(before[len(done):], False), (after[len(before):], True)]
-            done = after
-        pieces.append((render(messages, False)[len(done):], False))
-        return [Segment(text, supervised, sample.image if IMAGE_MARKER in text else None)
-                for text, supervised in pieces if text]
+            pieces += [(before[len(done):], False, turn), (after[len(before):], True, turn)]
+            done, turn = after, turn + 1
+        pieces.append((render(messages, False)[len(done):], False, turn))
+        images, segments = iter(sample.images), []
+        for text, supervised, turn in pieces:
+            if text:
+                segments.append(Segment(text, supervised, turn, answer_until_end_of_turn=supervised,
+                                        images=[next(images) for _ in range(text.count(IMAGE_MARKER))]))
+        if next(images, None) is not None:  # the template dropped a marker
+            raise BadSample("image_marker_mismatch", "the chat template did not render every <image> marker")
+        return segments
+
+    # --- batched processing ---------------------------------------------------------------------------
+
+    def crop_limit(self, n_images: int) -> int:
+        """Crops per image (the processor's ``max_patches``) within the per-sample visual-token budget."""
+        if not self.max_visual_tokens or n_images == 0 or self.max_crops == 1:
+            return self.max_crops
+        crops = self.max_visual_tokens // (n_images * self.processor.image_seq_length)
+        # a grid of g > 1 crops comes with a whole-image thumbnail: g + 1 crops in all
+        return max(1, min(self.max_crops, crops - 1 if crops >= 3 else 1))
+
+    def process_images(self, planned: dict[int, list[Segment]]) -> dict[int, BadSample]:
+        """Fills every segment's ``image_inputs`` and expands its markers; returns samples whose images failed."""
+        by_limit: dict[int, list[tuple[int, Segment, int]]] = {}
+        for i, segments in planned.items():
+            limit = self.crop_limit(sum(len(s.images) for s in segments))
+            for segment in segments:
+                by_limit.setdefault(limit, []).extend((i, segment, k) for k in range(len(segment.images)))
+        failed: dict[int, BadSample] = {}
+        placeholders: dict[int, list[str]] = {}  # id(segment) -> placeholder per marker
+        for limit, entries in by_limit.items():
+            try:
+                outputs = self.images_batch([s.images[k] for _, s, k in entries], limit)
+            except Exception:  # one image the processor rejects: find it, the rest of the batch still counts
+                outputs = [self.one_image(s.images[k], limit) for _, s, k in entries]
+            for (i, segment, k), output in zip(entries, outputs):
+                if isinstance(output, BadSample):
+                    failed.setdefault(i, output)
+                    continue
+                inputs, placeholder = output
+                segment.image_inputs.append(inputs)
+                placeholders.setdefault(id(segment), []).append(placeholder)
+        for i, segments in planned.items():
+            for segment in segments:
+                if segment.images and i not in failed:
+                    segment.text = expand_markers(segment.text, placeholders[id(segment)])
+        return failed
+
+    def images_batch(self, images: list, max_crops: int) -> list[tuple[dict, str]]:
+        """(per-image processor output, placeholder text) for each image, from one processor call."""
+        processed = self.processor.image_processor(images, return_tensors="pt", max_patches=max_crops)
+        grids = [tuple(grid) for grid in processed["grids"].tolist()]
+        crops = [rows * cols + (rows * cols > 1) for rows, cols in grids]  # a thumbnail before a grid
+        tensors = {k: v for k, v in processed.items() if k != "grids" and isinstance(v, torch.Tensor)}
+        if any(v.shape[0] != sum(crops) for v in tensors.values()):
+            raise RuntimeError(f"the image processor returned {[tuple(v.shape) for v in tensors.values()]} for "
+                               f"grids {grids}: crops per image cannot be told apart")
+        starts = [sum(crops[:i]) for i in range(len(crops))]
+        return [({k: v[start: start + n] for k, v in tensors.items()},
+                 self.processor.replace_image_token(processed, image_idx=i))
+                for i, (start, n) in enumerate(zip(starts, crops))]
+
+    def one_image(self, image, max_crops: int):
+        try:
+            return self.images_batch([image], max_crops)[0]
+        except Exception as e:  # e.g. an image too small or too odd for the processor's resize
+            return BadSample("unprocessable_image", f"{type(e).__name__}: {e}")
+
+    def tokenize(self, samples: list[list[Segment]]) -> None:
+        """One tokenizer call for all segment texts (and one for caption prompts, which take the tokenizer's
+        special tokens)."""
+        segments = [segment for sample in samples for segment in sample]
+        for special in (False, True):
+            group = [s for s in segments if s.special_tokens == special]
+            if group:
+                ids = self.tokenizer([s.text for s in group], add_special_tokens=special)["input_ids"]
+                for segment, segment_ids in zip(group, ids):
+                    segment.ids = segment_ids + ([self.tokenizer.eos_token_id] if segment.add_eos else [])
+
+    # --- one sample -----------------------------------------------------------------------------------
+
+    def assemble(self, segments: list[Segment]) -> EncodedSample:
+        out = EncodedSample([], [])
+        turns = sorted({s.turn for s in segments})
+        for turn in turns:
+            parts = [s for s in segments if s.turn == turn]
+            if len(out.input_ids) + sum(len(s.ids) for s in parts) > self.max_length:
+                if turn == turns[0]:
+                    self.add_cut(out, parts)
+                break  # later turns are dropped whole, with everything after them
+            for segment in parts:
+                self.add(out, segment, segment.ids)
+        if not any(label != IGNORE_INDEX for label in out.labels):
+            if any(s.supervised for s in segments):
+                raise BadSample("too_long", f"no caption/answer token fits in data.max_length={self.max_length}")
+            raise BadSample("no_supervised_tokens", "no assistant turn to learn from")
+        return out
+
+    def add_cut(self, out: EncodedSample, parts: list[Segment]) -> None:
+        """The first turn, cut to fit: text is cut, an image block never (then nothing of it is kept)."""
+        for segment in parts:
+            room = self.max_length - len(out.input_ids)
+            if len(segment.ids) <= room:
+                self.add(out, segment, segment.ids)
+                continue
+            if segment.images:
+                del out.input_ids[:], out.labels[:], out.image_inputs[:]
+                return
+            self.add(out, segment, segment.ids[:room])
+            return
+
+    def add(self, out: EncodedSample, segment: Segment, ids: list[int]) -> None:
+        out.input_ids += ids
+        out.labels += self.labels_for(ids, segment)
+        out.image_inputs += segment.image_inputs
+
+    def labels_for(self, ids: list[int], segment: Segment) -> list[int]:
+        if not segment.supervised:
+            return [IGNORE_INDEX] * len(ids)
+        if segment.answer_until_end_of_turn and self.end_of_turn_id in ids:
+            # what the template adds after the turn's end token (a newline) is not the model's to predict
+            last = len(ids) - 1 - ids[::-1].index(self.end_of_turn_id)
+            return ids[: last + 1] + [IGNORE_INDEX] * (len(ids) - last - 1)
+        return list(ids)
+
+
+def expand_markers(text: str, placeholders: list[str]) -> str:
+    pieces = text.split(IMAGE_MARKER)
+    assert len(pieces) == len(placeholders) + 1, (text, len(placeholders))
+    return "".join(piece + placeholder for piece, placeholder in zip(pieces, placeholders)) + pieces[-1]
 
 
 def conversation_messages(sample: DecodedSample) -> list[dict]:
-    """ShareGPT-style turns -> chat messages; the image marker is checked (and added if absent)."""
-    try:
-        messages = [{"role": ROLES[turn["from"]], "content": str(turn["value"])} for turn in sample.conversation]
-    except (KeyError, TypeError) as e:
-        raise BadSample("invalid_json", f"conversation turn without a known 'from'/'value': {e}") from None
+    """Stored turns ({"from", "value"} or {"role", "content"}, content a string or a list of
+    {"type": "text"|"image"} parts) -> chat messages; image markers are checked against the images."""
+    messages = []
+    for turn in sample.conversation:
+        try:
+            role = ROLES[turn["from"] if "from" in turn else turn["role"]]
+            content = turn["value"] if "value" in turn else turn["content"]
+        except (KeyError, TypeError) as e:
+            raise BadSample("invalid_json", f"conversation turn without a known 'from'/'value' or 'role'/'content': "
+                                            f"{e!r}") from None
+        messages.append({"role": role, "content": content_text(content)})
     markers = sum(m["content"].count(IMAGE_MARKER) for m in messages)
-    n_images = 0 if sample.image is None else 1
-    if markers == 0 and n_images:
+    n_images = len(sample.images)
+    if markers == 0 and n_images == 1:  # the LLaVA habit: one image, no marker -> before the first question
         first_user = next((m for m in messages if m["role"] == "user"), None)
         if first_user is None:
             raise BadSample("image_marker_mismatch", "image but no user turn to attach it to")
@@ -186,8 +277,12 @@ def conversation_messages(sample: DecodedSample) -> list[dict]:
     return messages
 
 
-def _outcome(encode):
-    try:
-        return encode()
-    except BadSample as bad:
-        return bad
+def content_text(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "image"}, {"type": "text", "text": ...}]
+        try:
+            return "".join(IMAGE_MARKER if part["type"] == "image" else part["text"] for part in content)
+        except (KeyError, TypeError) as e:
+            raise BadSample("invalid_json", f"content part without 'type'/'text': {e!r}") from None
+    raise BadSample("invalid_json", f"turn content is {type(content).__name__}, not text")

@@ -19,6 +19,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from .inputs import parse_heldout
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["a t-shirt", "trousers", "a pullover", "a dress", "a coat", "a sandal", "a shirt", "a sneaker",
                    "a bag", "an ankle boot"]
@@ -53,8 +55,9 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * n_dims).reshape(shape)
 
 
-def fashion_mnist(seed: int = 0, limit: int | None = None, root: str = FASHION_MNIST_DIR) -> dict:
-    """{"train": samples, "heldout": samples}: the official train (60k) / test (10k) split."""
+def fashion_mnist(seed: int = 0, limit: int | None = None, heldout=None, root: str = FASHION_MNIST_DIR) -> dict:
+    """{"train": samples, "heldout": samples}: the official train (60k) / test (10k) split; ``heldout``
+    (a count or a fraction of the test set) takes part of the test set."""
     splits = {}
     for split, stem in (("train", "train"), ("heldout", "t10k")):
         paths = [os.path.join(root, f"{stem}-images-idx3-ubyte.gz"), os.path.join(root, f"{stem}-labels-idx1-ubyte.gz")]
@@ -63,6 +66,8 @@ def fashion_mnist(seed: int = 0, limit: int | None = None, root: str = FASHION_M
                 raise FileNotFoundError(f"{path} is missing: install the Debian package dataset-fashion-mnist")
         images, labels = read_idx(paths[0]), read_idx(paths[1])
         order = np.random.default_rng([seed, len(splits)]).permutation(len(labels))[:limit]
+        if split == "heldout" and heldout is not None:
+            order = order[:parse_heldout(heldout, len(labels) + 1)]
         splits[split] = samples_from_arrays(images, labels, fashion_caption, f"fashion{split}", order)
     return splits
 
@@ -75,25 +80,27 @@ def mnist_5k_path() -> str:
     return os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
 
 
-def split_arrays(images, labels, caption, prefix, seed, heldout_fraction, limit):
+def split_arrays(images, labels, caption, prefix, seed, heldout, limit):
     order = np.random.default_rng(seed).permutation(len(labels))
-    n_heldout = int(round(len(labels) * heldout_fraction))
+    n_heldout = parse_heldout(heldout, len(labels))
     return {"train": samples_from_arrays(images, labels, caption, f"{prefix}train", order[n_heldout:][:limit]),
             "heldout": samples_from_arrays(images, labels, caption, f"{prefix}heldout", order[:n_heldout][:limit])}
 
 
-def mnist_5k(seed: int = 0, limit: int | None = None, heldout_fraction: float = 0.1) -> dict:
+def mnist_5k(seed: int = 0, limit: int | None = None, heldout=None) -> dict:
+    """``heldout``: a count or a fraction (default 0.1)."""
     table = np.loadtxt(mnist_5k_path(), delimiter=",", dtype=np.float32)  # 784 pixels, then the label
     images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(int)
-    return split_arrays(images, labels, digit_caption, "mnist", seed, heldout_fraction, limit)
+    return split_arrays(images, labels, digit_caption, "mnist", seed, 0.1 if heldout is None else heldout, limit)
 
 
-def sklearn_digits(seed: int = 0, limit: int | None = None, heldout_fraction: float = 0.1) -> dict:
+def sklearn_digits(seed: int = 0, limit: int | None = None, heldout=None) -> dict:
+    """``heldout``: a count or a fraction (default 0.1)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = np.clip(digits.images * (255.0 / 16.0), 0, 255)  # 0..16 -> 0..255
-    return split_arrays(images, digits.target, digit_caption, "digits", seed, heldout_fraction, limit)
+    return split_arrays(images, digits.target, digit_caption, "digits", seed, 0.1 if heldout is None else heldout, limit)
 
 
 BUILDERS = {"fashion-mnist": fashion_mnist, "mnist-5k": mnist_5k, "digits": sklearn_digits}

@@ -34,6 +34,7 @@ class ReaderSpec:
     pad_token_id: int
     padding_side: str
     max_image_pixels: int
+    max_images: int
     draft_size: int | None
     max_bad_fraction: float
     bad_check_min_samples: int
@@ -94,12 +95,12 @@ class Reader:
                 continue
             self.seen += 1
             try:
-                sample = decode_sample(raw, self.spec.max_image_pixels, self.spec.draft_size)
+                sample = decode_sample(raw, self.spec.max_image_pixels, self.spec.draft_size, self.spec.max_images)
             except BadSample as bad:
                 self.count_bad(bad, raw)
                 continue
-            if sample.converted_from:
-                self.converted[sample.converted_from] = self.converted.get(sample.converted_from, 0) + 1
+            for mode in sample.converted_from:
+                self.converted[mode] = self.converted.get(mode, 0) + 1
             decoded.append((sample, self.spec.sources[source][2], raw))
         return decoded
 

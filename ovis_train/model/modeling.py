@@ -6,7 +6,9 @@ swapping small modules (state-dict names stay transformers' own, so native expor
 - `connector="mlp"`: the 2-layer projector ablation. The Ovis2 head gets zero width, the VET keeps only
   the indicator rows, and `vision_tower.projector` maps the merged ViT features to LLM embeddings;
 - plugged vision backbones (SigLIP, SigLIP2, CLIP, timm) replace `vision_tower.transformer`;
-- a forward without images still touches every visual parameter with weight 0 (DDP / ZeRO need it);
+- a forward without images still touches every visual parameter with weight 0 (DDP / ZeRO need it), in
+  training and in held-out scoring alike (ZeRO-3 gathers parameters in every forward: a rank whose eval
+  batch is text-only must run the tower too); only generation's decoding steps (a filled cache) skip it;
 - `visual_chunk_size`: the head -> softmax -> VET path chunked over tokens, recomputed in backward.
 
 These options live in `config.ovis_train` (a plain dict in config.json that plain transformers ignores).
@@ -131,7 +133,9 @@ class OvisModel(Ovis2ForConditionalGeneration):
         **kwargs,
     ):
         touch = None
-        if pixel_values is None and mm_encoder_outputs is None and torch.is_grad_enabled():
+        cache = kwargs.get("past_key_values")
+        decoding = cache is not None and cache.get_seq_length() > 0  # the prompt's forward already ran the tower
+        if pixel_values is None and mm_encoder_outputs is None and not decoding:
             touch = self._image_free_touch()
         outputs = super().forward(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, labels=labels,
