@@ -42,6 +42,7 @@ class DecodedSample:
     images: list[Image.Image] = field(default_factory=list)  # in marker order
     caption: str | None = None
     conversation: list[dict] | None = None  # turns as stored: {"from", "value"} or {"role", "content"}
+    kind: str | None = None  # a conversation's optional "kind" (held-out answers are scored per kind)
     converted_from: list[str] = field(default_factory=list)  # original PIL modes of unusual images (CMYK, P, ...)
 
     @property
@@ -59,6 +60,7 @@ def decode_sample(raw: dict, max_pixels: int, draft_size: int | None, max_images
             if not isinstance(turns, list):
                 raise BadSample("invalid_json", "conversations/messages is not a list")
             sample.conversation = turns
+            sample.kind = str(meta["kind"]) if "kind" in meta else None
         elif "caption" not in meta:
             raise BadSample("missing_caption", 'json has none of "caption", "conversations", "messages"')
         else:
