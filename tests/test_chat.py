@@ -185,3 +185,27 @@ def test_score_answers_with_the_taught_model(taught, tmp_path):
     assert result["per_kind"]["odd"]["accuracy"] == 0.0
     assert result["answer_accuracy"] == pytest.approx(2 / 3)
     assert 0 < result["heldout_loss"] < 50 and json.dumps(result)  # serialisable for results.json
+
+
+def test_the_trainer_scores_held_out_answers_at_phase_end(tmp_path, monkeypatch):
+    """trainer.answer_eval_samples: the phase's last metrics hold the answer accuracy overall and per
+    kind, the same numbers the evaluation gives its export."""
+    from ovis_train.run import RunDir
+    from ovis_train.train.config import compose
+    from ovis_train.train.loop import train
+
+    monkeypatch.setenv("OVIS_TRAIN_CACHE", str(tmp_path / "cache"))
+    pairs = [("red", "blue"), ("blue", "red")] * 4
+    write_shards([which_is_red(f"t{i}", *p) for i, p in enumerate(pairs)], str(tmp_path), 100, prefix="train")
+    held = [which_is_red("h0", "red", "blue"), which_is_red("h1", "blue", "red", kind="other")]
+    write_shards(held, str(tmp_path), 100, prefix="heldout")
+    heldout = str(tmp_path / "heldout-000000.tar")
+    cfg = compose(["model=tiny", "data=synthetic", "logger=none", "phase=p3", f"run_dir={tmp_path / 'run'}",
+                   f"data.sources=[{{urls: {tmp_path / 'train-000000.tar'}}}]", f"data.eval_urls={heldout}",
+                   "trainer.max_steps=2", "trainer.answer_eval_samples=2"])
+    run = RunDir(train(cfg))
+    last = run.read_metrics()[-1]
+    expected = answer_accuracy(load_model(str(run.export)), heldout, limit=2)
+    assert last["eval/answer_accuracy"] == expected.accuracy
+    assert last["eval/answer_accuracy/which_of_two"] == expected.per_kind["which_of_two"].accuracy
+    assert last["eval/answer_accuracy/other"] == expected.per_kind["other"].accuracy
