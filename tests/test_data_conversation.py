@@ -228,3 +228,42 @@ def test_no_answer_within_the_limit_drops_the_sample(shard):
     _, stream = stream_for(shard, CHATML_WITH_EOS, max_length=12)  # shorter than the image block
     assert list(stream) == []  # not even a cut image block slips through
     assert stream.bad_counts == {"too_long": 3, "image_marker_mismatch": 1, "no_supervised_tokens": 1}
+
+
+@pytest.fixture(scope="module")
+def conversation_shards(tmp_path_factory):
+    from ovis_train.data.make_shards import main as make_shards
+    from ovis_train.data.synthetic import write_synthetic_conversations
+
+    folder = tmp_path_factory.mktemp("convshards")
+    meta = write_synthetic_conversations(str(folder / "raw"), n_samples=48, seed=4)
+    return make_shards(["ovis", meta, "--out", str(folder / "shards"), "--samples-per-shard", "6"])["shard"]
+
+
+@pytest.mark.parametrize("num_workers,n_saved", [(0, 7), (2, 5)])
+def test_resume_continues_exactly_with_multi_image_and_text_only_samples(conversation_shards, num_workers, n_saved):
+    bundle = build_model(ModelConfig(preset="tiny"))
+    cfg = DataConfig(sources=[SourceConfig(urls=conversation_shards)], batch_size=3, shuffle_buffer=5, seed=3,
+                     num_workers=num_workers)  # endless: crosses epoch ends (48 samples = 16 batches)
+    k = 12
+
+    def first(stream, n):
+        out = []
+        for batch in stream:
+            out.append(batch)
+            if len(out) == n:
+                return out
+
+    reference = first(build_stream(cfg, bundle), n_saved + k)
+    stream = build_stream(cfg, bundle)
+    first(stream, n_saved)
+    resumed = build_stream(cfg, bundle)
+    resumed.load_state_dict(stream.state_dict())
+    after = first(resumed, k)
+    for want, got in zip(reference[n_saved:], after):
+        assert want["keys"] == got["keys"] and want["n_images"] == got["n_images"]
+        for key in ("input_ids", "attention_mask", "labels", "pixel_values"):
+            assert (key in want) == (key in got) and (key not in want or torch.equal(want[key], got[key])), key
+    images_per_sample = {int((ids == bundle.tokenizer.convert_tokens_to_ids("<IMG_START>")).sum())
+                         for batch in after for ids in batch["input_ids"]}
+    assert images_per_sample == {0, 1, 2, 3}  # the resumed stretch holds text-only and 1-3 image samples

@@ -144,3 +144,15 @@ def test_mnist_style_builders_stream_with_the_model(tmp_path, name, size, captio
     cfg = DataConfig(sources=[SourceConfig(urls=patterns["train"])], eval_urls=patterns["heldout"], batch_size=16)
     batch = next(iter(build_stream(cfg, bundle, split="eval")))
     assert batch["n_images"] == 16 and batch["pixel_values"].shape[-1] == 64
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist-5k", "mnist-5k-chat"])
+def test_builders_write_what_the_data_configs_read(tmp_path, monkeypatch, name):
+    """One layout: make_shards <name> with no options writes exactly the shards conf/data/<name>.yaml names."""
+    from ovis_train.train.config import compose
+
+    monkeypatch.setenv("OVIS_DATA_DIR", str(tmp_path))
+    make_shards([name])
+    data = compose([f"data={name.replace('-', '_')}"]).data
+    for pattern, prefix in ((data.sources[0].urls, "train"), (data.eval_urls, "heldout")):
+        assert expand_urls(pattern) == sorted(str(p) for p in tmp_path.glob(f"*/{prefix}-*.tar"))

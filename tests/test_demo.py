@@ -10,7 +10,7 @@ from ovis_train.model import load_model
 
 
 @pytest.mark.slow
-def test_demo_runs_both_phases_and_scores_each_stage(tmp_path, monkeypatch, capfd):
+def test_demo_runs_the_three_phases_and_scores_each_stage(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE", "DS_ACCELERATOR"):
         monkeypatch.setenv(name, "")  # records the original value, so what quiet_environment sets is undone
@@ -50,3 +50,19 @@ def test_demo_runs_both_phases_and_scores_each_stage(tmp_path, monkeypatch, capf
     assert "| which_of_two   |   2 |" in printed.out and f"--model {out / 'p3' / 'export'}" in printed.out
     # quieted, the phases still draw their progress bars (the demo's one sign of life while it trains)
     assert "p1: 100%" in printed.err and "p2: 100%" in printed.err and "p3: 100%" in printed.err
+
+
+def test_the_documented_phase_commands_are_the_ones_the_demo_runs():
+    """README.md and recipes/demo/README.md show the commands the demo prints (its defaults, Fashion-MNIST)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    repo = Path(demo.__file__).resolve().parents[1]
+    expected = demo.phase_commands(demo.parse_args(["--dataset", "fashion_mnist"]), "fashion_mnist")
+    for doc in ("README.md", "recipes/demo/README.md"):
+        documented = {}
+        for line in re.findall(r"^python -m ovis_train (phase=demo_p\d.*)$", (repo / doc).read_text(), re.M):
+            words = [w for w in shlex.split(line) if not w.startswith(("run_dir=", "init_from="))]
+            documented["P" + words[0][-1]] = words
+        assert documented == expected, doc

@@ -182,6 +182,33 @@ def test_text_only_batch_gives_zero_grads_on_every_visual_parameter(tiny):
         torch.testing.assert_close(model(**text).logits, model.lm_head(reference.last_hidden_state))
 
 
+def test_text_only_forward_runs_the_visual_path_in_image_order_without_grad_but_not_when_decoding(tiny):
+    """ZeRO-3 gathers parameters module by module: a text-only scoring forward (held-out loss, no grad) must
+    call the same modules in the same order as an image forward; generation's decoding steps call none."""
+    model = tiny.model
+    watched = {"embed": model.model.language_model.embed_tokens, "vit": model.model.vision_tower,
+               "vet": model.model.visual_embeddings_table, "llm": model.model.language_model.layers[0]}
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *_, n=name: calls.append(n)) for name, m in watched.items()]
+    try:
+        image = tiny.processor(text=["<image> a"], images=[Image.new("RGB", (64, 64))], return_tensors="pt")
+        text = tiny.processor(text=["no picture here"], return_tensors="pt")
+        with torch.no_grad():
+            model(**image, use_cache=False)
+            with_image, calls[:] = list(calls), []
+            model(**text, use_cache=False)
+            text_only, calls[:] = list(calls), []
+            out = model(**text, use_cache=True)
+            calls[:] = []
+            model(input_ids=text["input_ids"][:, -1:], cache=out.cache, use_cache=True)
+            decoding = list(calls)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert with_image == text_only == ["embed", "vit", "vet", "vet", "llm"]
+    assert decoding == ["embed", "llm"]
+
+
 # ---------------------------------------------------------------------------------------------- placeholders
 
 

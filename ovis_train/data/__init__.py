@@ -1,4 +1,4 @@
-"""Data for ovis-train: webdataset image-caption / conversation streams with exact resume.
+"""Data for ovis-train: webdataset streams of captions and of conversations with 0..N images, with exact resume.
 
     stream = build_stream(DataConfig(sources=[SourceConfig(urls="shards/train-{000000..000059}.tar")]),
                           bundle, rank, world_size, split="train")
@@ -8,9 +8,10 @@
     stream.bad_counts, stream.metrics()
 
 Modules: config (dataclasses), shards (URLs, tar reading), cursor (resumable position),
-decode (bytes -> RGB + caption, bad-sample reasons), encode (processor/tokenizer -> ids + labels),
+decode (bytes -> RGB images + caption / conversation, bad-sample reasons), encode (a batch through one
+image-processor and one tokenizer call -> ids + labels, turn-level truncation),
 collate (padding), reader (one worker's pipeline), stream (workers, state, build_stream),
-writer / synthetic / inputs / offline_datasets / make_shards (making shards).
+writer / synthetic / inputs (formats, held-out split) / offline_datasets / make_shards (making shards).
 The resume guarantee is documented in ``stream.py``.
 """
 

@@ -8,7 +8,7 @@ answers need several images, one image, or none.
 | what_is_this    | 1      | What is this?                                     | the class: a sandal            |
 | text_only       | 0      | Which of these is footwear: a coat or a sandal?   | the member of the group        |
 
-    python -m ovis_train.data.make_shards fashion-mnist-chat --out data/shards/fashion_mnist_chat
+    python -m ovis_train.data.make_shards fashion-mnist-chat   # -> data/shards/fashion_mnist_chat (conf/data)
 
 Every conversation opens with a short system turn (a tokenizer's default system prompt, SmolLM2's for
 one, would otherwise be a quarter of the text). The train split draws its images from the dataset's
@@ -34,6 +34,7 @@ KINDS = ("which_of_two", "count", "what_is_this", "text_only")
 NUMBERS = ("zero", "one", "two", "three")
 ORDINALS = ("the first", "the second")
 DEFAULT_TRAIN, DEFAULT_HELDOUT = 4000, 400
+SAMPLES_PER_SHARD = {"fashion-mnist-chat": 1000, "mnist-5k-chat": 1000}  # 4 train shards, 1 held-out
 
 
 @dataclass

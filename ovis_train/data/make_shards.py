@@ -5,15 +5,16 @@
     python -m ovis_train.data.make_shards folder   IMAGES_DIR       --out data/shards/mine
     python -m ovis_train.data.make_shards table    captions.jsonl|csv --out data/shards/mine
     python -m ovis_train.data.make_shards hf       SAVED_DATASET_DIR --split train --out data/shards/mine
-    python -m ovis_train.data.make_shards fashion-mnist|mnist-5k|digits --out data/shards/fashion_mnist
-    python -m ovis_train.data.make_shards fashion-mnist-chat|mnist-5k-chat --out data/shards/fashion_mnist_chat
+    python -m ovis_train.data.make_shards fashion-mnist|mnist-5k|digits
+    python -m ovis_train.data.make_shards fashion-mnist-chat|mnist-5k-chat   (the demo's P3 conversations)
 
 Formats and the written layout: see ``inputs.py``. With ``--heldout N`` (a count, or a fraction below 1)
 the samples are split (seeded, ``--seed``) into ``<prefix>-*.tar`` and ``heldout-*.tar`` (use the latter
 as ``data.eval_urls``); samples sharing an image file stay on one side. The real-dataset builders always
-write ``train-*.tar`` and ``heldout-*.tar`` (``--heldout`` sets the held-out size). Samples whose images
-are missing or unreadable are skipped and counted. Every run prints the brace patterns to put in
-``data.sources[].urls``.
+write ``train-*.tar`` and ``heldout-*.tar`` (``--heldout`` sets the held-out size), by default where
+``conf/data/<name>.yaml`` reads them and cut as its patterns count (``offline_datasets.shards_dir`` /
+``SAMPLES_PER_SHARD``). Samples whose images are missing or unreadable are skipped and counted. Every
+run prints the brace patterns to put in ``data.sources[].urls``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ import sys
 from .inputs import (Skipped, folder_records, hf_records, marker_mismatches, materialise, messages_records,
                      ovis_records, parse_heldout, split_heldout, table_records)
 from .instructions import BUILDERS as INSTRUCTION_BUILDERS
+from .instructions import SAMPLES_PER_SHARD as INSTRUCTION_SHARDS
 from .offline_datasets import BUILDERS as DATASET_BUILDERS
+from .offline_datasets import SAMPLES_PER_SHARD as DATASET_SHARDS
+from .offline_datasets import shards_dir
 from .writer import write_shards
 
 FORMATS = ("ovis", "messages", "folder", "table", "hf")
 BUILDERS = {**DATASET_BUILDERS, **INSTRUCTION_BUILDERS}
+SAMPLES_PER_SHARD = {**DATASET_SHARDS, **INSTRUCTION_SHARDS}
 HELDOUT_PREFIX = "heldout"
 
 
@@ -39,8 +44,10 @@ def parse_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=[*FORMATS, *BUILDERS])
     parser.add_argument("input", nargs="?", help="JSON file / folder / table file / saved dataset (not for the builders)")
-    parser.add_argument("--out", required=True, help="output folder (keep generated shards out of git: data/shards/)")
-    parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument("--out", help="output folder (keep generated shards out of git: data/shards/); "
+                                      "builders: default where conf/data/<name>.yaml reads them")
+    parser.add_argument("--samples-per-shard", type=int, default=None,
+                        help="default: 1000; builders: as conf/data/<name>.yaml counts them")
     parser.add_argument("--prefix", default="shard", help="shard file prefix of the (train) split (not for the builders)")
     parser.add_argument("--heldout", default=None, help="held-out samples: a count (500) or a fraction (0.05)")
     parser.add_argument("--image-root", default=None, help="folder image paths are relative to (default: the input file's)")
@@ -54,6 +61,12 @@ def parse_args(argv):
         parser.error(f"{args.kind} needs an input path")
     if args.kind in FORMATS and args.prefix == HELDOUT_PREFIX:
         parser.error(f"--prefix {HELDOUT_PREFIX} is the held-out split's name")
+    if args.kind in BUILDERS:
+        args.out = args.out or shards_dir(args.kind)
+        args.samples_per_shard = args.samples_per_shard or SAMPLES_PER_SHARD[args.kind]
+    elif not args.out:
+        parser.error(f"{args.kind} needs --out")
+    args.samples_per_shard = args.samples_per_shard or 1000
     return args
 
 

@@ -7,6 +7,11 @@
 | digits        | scikit-learn load_digits (8x8, values 0-16)                 | 1,617  | 180      |
 Captions: "a photo of a sneaker", "the digit seven". Samples are shuffled (seeded) before writing,
 since MNIST-5k is sorted by class and shard-level shuffling could not undo that.
+
+Where their shards go and how they are cut is defined here once (``shards_dir``, ``SAMPLES_PER_SHARD``):
+``make_shards <name>`` writes there by default, and ``conf/data/<name>.yaml`` reads the same folder
+(``${oc.env:OVIS_DATA_DIR,data/shards}/<name>``) with brace ranges that count these shards
+(tests/test_data_shards.py checks that they agree).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from PIL import Image
 from .inputs import parse_heldout
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+SHARDS_DIR_ENV, DEFAULT_SHARDS_DIR = "OVIS_DATA_DIR", "data/shards"  # relative paths: to the repository
+# samples per shard; fashion-mnist: 60 train shards (enough for up to 60 ranks x workers), 10 held-out
+SAMPLES_PER_SHARD = {"fashion-mnist": 1000, "mnist-5k": 250, "digits": 250}
 FASHION_CLASSES = ["a t-shirt", "trousers", "a pullover", "a dress", "a coat", "a sandal", "a shirt", "a sneaker",
                    "a bag", "an ankle boot"]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -104,3 +112,9 @@ def sklearn_digits(seed: int = 0, limit: int | None = None, heldout=None) -> dic
 
 
 BUILDERS = {"fashion-mnist": fashion_mnist, "mnist-5k": mnist_5k, "digits": sklearn_digits}
+
+
+def shards_dir(name: str) -> str:
+    """The folder of a builder's shards (``fashion-mnist`` -> ``data/shards/fashion_mnist``), as the data
+    configs name it: under ``$OVIS_DATA_DIR`` when set."""
+    return os.path.join(os.environ.get(SHARDS_DIR_ENV) or DEFAULT_SHARDS_DIR, name.replace("-", "_"))

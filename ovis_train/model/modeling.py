@@ -92,6 +92,26 @@ class OvisMultimodalModel(Ovis2Model):
         outputs.visual_indicator_features = table(torch.arange(table.num_embeddings, device=table.weight.device))
         return outputs
 
+    def forward(self, input_ids=None, pixel_values=None, inputs_embeds=None, mm_encoder_outputs=None, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        decoding = cache is not None and cache.get_seq_length() > 0  # the prompt's forward already ran the tower
+        if pixel_values is None and mm_encoder_outputs is None and not decoding:
+            # Same module order as an image forward (token embeddings, visual path, LLM): ZeRO-3 gathers each
+            # module's parameters as it runs, and ranks that gather in different orders deadlock.
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = inputs_embeds + self._image_free_touch().to(inputs_embeds.dtype)
+            input_ids = None
+        return super().forward(input_ids=input_ids, pixel_values=pixel_values, inputs_embeds=inputs_embeds,
+                               mm_encoder_outputs=mm_encoder_outputs, **kwargs)
+
+    def _image_free_touch(self) -> torch.Tensor:
+        """0-weighted sum over the visual path run on one blank crop: gives every visual parameter a grad."""
+        vision = self.config.vision_config
+        blank = torch.zeros(1, vision.num_channels, vision.image_size, vision.image_size, device=self.device)
+        features = self.get_image_features(blank.to(self.dtype))
+        return 0.0 * (features.pooler_output.float().sum() + features.visual_indicator_features.float().sum())
+
 
 class OvisModel(Ovis2ForConditionalGeneration):
     def __init__(self, config: Ovis2Config):
@@ -114,38 +134,6 @@ class OvisModel(Ovis2ForConditionalGeneration):
         elif options["softmax_fp32"]:
             _retype(tower.head_norm, Float32LayerNorm)
         _retype(self.model.visual_embeddings_table, VisualEmbeddingTable)
-
-    def _image_free_touch(self) -> torch.Tensor:
-        """0-weighted sum over the visual path run on one blank crop: gives every visual parameter a grad."""
-        vision = self.config.vision_config
-        blank = torch.zeros(1, vision.num_channels, vision.image_size, vision.image_size, device=self.device)
-        features = self.get_image_features(blank.to(self.dtype))
-        return 0.0 * (features.pooler_output.float().sum() + features.visual_indicator_features.float().sum())
-
-    def forward(
-        self,
-        input_ids=None,
-        pixel_values=None,
-        attention_mask=None,
-        labels=None,
-        logits_to_keep=0,
-        mm_encoder_outputs=None,
-        **kwargs,
-    ):
-        touch = None
-        cache = kwargs.get("past_key_values")
-        decoding = cache is not None and cache.get_seq_length() > 0  # the prompt's forward already ran the tower
-        if pixel_values is None and mm_encoder_outputs is None and not decoding:
-            touch = self._image_free_touch()
-        outputs = super().forward(
-            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, labels=labels,
-            logits_to_keep=logits_to_keep, mm_encoder_outputs=mm_encoder_outputs, **kwargs,
-        )
-        if touch is not None:
-            outputs.logits = outputs.logits + touch.to(outputs.logits.dtype)
-            if outputs.loss is not None:
-                outputs.loss = outputs.loss + touch
-        return outputs
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
         super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
