@@ -2,7 +2,8 @@
 
 Configuration mistakes (unknown key, wrong type, bad freeze rule, impossible model settings) end
 with one line on stderr, ``ovis-train: error: ...``, and exit status 2; anything else is a bug and
-keeps its traceback.
+keeps its traceback. ``--cfg job`` checks the config as a run would before Hydra prints it;
+``--help`` prints ovis-train's own help (``--hydra-help``: Hydra's flags).
 """
 
 from __future__ import annotations
@@ -26,12 +27,84 @@ def config_errors_as_one_line():
         sys.exit(2)
 
 
+# the overrides --help lists, with what they mean (their defaults are read from the composed config)
+MAIN_OVERRIDES = {
+    "run_dir": "the run's folder (config.yaml, metrics.jsonl, checkpoints/, export/)",
+    "resume": "auto (latest complete checkpoint) | a checkpoint folder | null",
+    "init_from": "a previous phase's export folder or an Ovis2 checkpoint",
+    "model.visual_vocab_size": "K, the VET's rows (null: the preset's)",
+    "model.connector": "vet | mlp",
+    "trainer.max_steps": "optimizer steps of the phase",
+    "trainer.lr": "learning rate of rules that set none",
+    "trainer.bf16": "bf16 autocast",
+    "trainer.save_every": "steps between checkpoints (0: at the end only)",
+    "trainer.eval_every": "steps between held-out evaluations (0: off)",
+    "trainer.seed": "seed of the initial weights and the optimizer",
+    "data.batch_size": "micro-batch per process",
+}
+GROUPS = ("phase", "model", "data", "distributed", "logger")
+
+
+def usage() -> str:
+    """ovis-train's --help: the config groups and their options, the main overrides and their defaults."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from ovis_train.train.config import CONF_DIR, compose_tree
+
+    tree = compose_tree([])
+    chosen = {k: v for entry in yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
+              if isinstance(entry, dict) for k, v in entry.items()}
+    lines = [
+        "usage: python -m ovis_train [group=option ...] [key=value ...]   train one phase",
+        "       accelerate launch [...] -m ovis_train [...]                the same on several processes",
+        "       python -m ovis_train --cfg job [...]                       print the checked config",
+        "       python -m ovis_train -m key=a,b [...] run_dir=DIR           a sweep, one run directory per member",
+        "",
+        "Config groups (conf/<group>/<option>.yaml; * = default):",
+    ]
+    for group in GROUPS:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        lines.append(f"  {group:<12} " + ", ".join(o + "*" * (o == chosen.get(group)) for o in options))
+    lines += ["", "Phases:"]
+    for path in sorted((CONF_DIR / "phase").glob("*.yaml")):
+        title = next(line[1:].strip() for line in path.read_text().splitlines()
+                     if line.startswith("#") and "@package" not in line)
+        lines.append(f"  {path.stem:<12} {title.split(':')[0][:90]}")
+    lines += ["", "Main overrides (default with the default groups; python -m ovis_train --cfg job lists every key):"]
+    raw = OmegaConf.to_container(tree, resolve=False)  # interpolations shown as written
+    for key, meaning in MAIN_OVERRIDES.items():
+        default = raw
+        for part in key.split("."):
+            default = default[part]
+        lines.append(f"  {key}={'null' if default is None else str(default).lower() if isinstance(default, bool) else default}"
+                     .ljust(34) + f" {meaning}")
+    lines += ["", "README.md (Configuration reference) explains every key; --hydra-help shows Hydra's own flags."]
+    return "\n".join(lines)
+
+
+def check_printed_config(argv: list[str]) -> None:
+    """``--cfg`` prints the config without running: check it as a run would, so both refuse the same."""
+    from hydra._internal.utils import get_args_parser
+
+    from ovis_train.train.config import compose
+
+    args = get_args_parser().parse_args(argv)
+    if args.cfg and not args.multirun:
+        with config_errors_as_one_line():
+            compose(args.overrides, args.config_dir, args.config_name)
+
+
 def main() -> None:
     import hydra
 
     from ovis_train.train.config import CONF_DIR, register
 
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(usage())
+        return
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us instead of Hydra's multi-line report
+    check_printed_config(sys.argv[1:])
     register()
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ovis_train.data import DataConfig, SourceConfig, build_stream, write_shards
 from ovis_train.data.decode import to_rgb
+from ovis_train.errors import ConfigError
 from ovis_train.model import ModelConfig, build_model
 
 
@@ -107,7 +108,7 @@ def test_too_many_bad_samples_stop_with_a_message_naming_the_limit(bad_shard, nu
 
 def test_missing_shard_names_the_path(bad_shard, tmp_path):
     missing = str(tmp_path / "nope-000003.tar")
-    with pytest.raises(FileNotFoundError, match="nope-000003.tar"):
+    with pytest.raises(ConfigError, match="nope-000003.tar"):
         run([bad_shard[0], missing])
 
 

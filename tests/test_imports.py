@@ -1,4 +1,4 @@
-"""Imports flow one way: run <- model, data <- train <- tools (evaluate, caption, demo, analyze, sweep,
+"""Imports flow one way: run, errors <- model, data <- train <- tools (evaluate, caption, demo, analyze, sweep,
 the ``python -m ovis_train`` entry point). Read from the source with ``ast``, so an import hidden inside
 a function counts as much as one at the top of a module."""
 
@@ -10,7 +10,7 @@ import ovis_train
 PACKAGE = Path(ovis_train.__file__).parent
 # part of the package -> its layer; a part may import parts of its own layer or below, never above
 LAYERS = {
-    "run": 0,
+    "run": 0, "errors": 0,
     "model": 1, "data": 1,
     "train": 2,
     "evaluate": 3, "caption": 3, "demo": 3, "analyze": 3, "sweep": 3, "__main__": 3,

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ovis_train.model import ModelConfig, build_model, load_model, mask_image_labels, model_components
+from image_labels import mask_image_labels
+
+from ovis_train.model import ModelConfig, build_model, load_model, model_components
 from ovis_train.model.tokens import ATOM_TOKEN, INDICATOR_TOKENS
 
 N_VISUAL = 16  # tiny preset: 64 px, patch 8 -> 8x8 patches, hidden stride 2 -> 4x4 tokens

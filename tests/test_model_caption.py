@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ovis_train.model import ModelConfig, build_model, load_model, mask_image_labels
+from image_labels import mask_image_labels
+
+from ovis_train.model import ModelConfig, build_model, load_model
 from ovis_train.model.caption import DEFAULT_PROMPT, caption
 
 CAPTIONS = {"red": "a red circle", "blue": "a blue square"}

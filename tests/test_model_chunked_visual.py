@@ -137,15 +137,6 @@ def test_observer_sees_every_token_probabilities(chunk_size):
     torch.testing.assert_close(probs.sum(-1), torch.ones(18))
 
 
-def _has_chunk_option():
-    import dataclasses
-
-    from ovis_train.model import ModelConfig
-
-    return "visual_chunk_size" in {f.name for f in dataclasses.fields(ModelConfig)}
-
-
-@pytest.mark.skipif(not _has_chunk_option(), reason="model.visual_chunk_size not wired yet")
 def test_model_visual_chunk_size_gives_the_same_loss_and_gradients():
     from PIL import Image
 
@@ -169,7 +160,6 @@ def test_model_visual_chunk_size_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.skipif(not _has_chunk_option(), reason="model.visual_chunk_size not wired yet")
 def test_visual_chunk_size_needs_the_softmax_vet_path():
     from ovis_train.model import ModelConfig, build_model
 

@@ -12,7 +12,7 @@ from test_sweep_multirun import FAST, final, member_dir, summary_rows
 RECIPE_CONF = Path(__file__).resolve().parents[1] / "recipes" / "vet_sweep" / "conf"
 
 
-def test_launched_members_one_launch_each_with_a_failure_recorded(tmp_path):
+def test_launched_members_one_launch_each_with_a_refused_member_recorded(tmp_path):
     env = {**os.environ, "OVIS_TRAIN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     launcher = (f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 "
                 "--mixed_precision no --dynamo_backend no -m ovis_train")
@@ -28,7 +28,19 @@ def test_launched_members_one_launch_each_with_a_failure_recorded(tmp_path):
     assert done["member"] == run.name and done["status"] == "completed"
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert float(done["train_loss"]) == final(metrics, "loss")
-    assert "ovis-train: error:" in (member_dir(sweep, "model.visual_vocab_size=2") / "launch.log").read_text()
+    # the trainer's own check refused K=2 before a launch, under the member's own name
+    assert not (member_dir(sweep, "model.visual_vocab_size=2") / "launch.log").exists()
+    assert (run / "launch.log").is_file()
+
+
+def test_a_launched_members_error_line_is_the_trainers_one_line_error():
+    from ovis_train.sweep.launch import error_line
+
+    tail = ["Traceback (most recent call last):", "ovis-train: error: data source 0 (train): shard 'x.tar' does not exist",
+            ""]
+    assert error_line(2, tail) == "data source 0 (train): shard 'x.tar' does not exist"
+    assert error_line(-6, ["step 3", "terminate called without an active exception", "  "]) == (
+        "exit status -6: terminate called without an active exception")
 
 
 def test_members_whose_config_does_not_compose_are_recorded_without_a_launch(tmp_path):

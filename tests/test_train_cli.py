@@ -53,3 +53,34 @@ def test_a_sweep_gets_one_run_directory_per_member(tmp_path):
         member = tmp_path / "run" / f"model.visual_vocab_size={k},trainer.max_steps=1"
         assert (member / "export" / "model.safetensors").is_file()
         assert f"visual_vocab_size: {k}" in (member / "config.yaml").read_text()
+
+
+def test_printing_the_config_refuses_what_a_run_would_refuse(tmp_path):
+    bad = run_cli(tmp_path, "--cfg", "job", "model.visual_vocab_size=5")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stdout == ""
+    assert bad.stderr.strip().splitlines()[-1].startswith("ovis-train: error: model.visual_vocab_size=5 must be")
+    good = run_cli(tmp_path, "--cfg", "job", "phase=demo_p1", "model.visual_vocab_size=64")
+    assert good.returncode == 0 and "name: demo_p1" in good.stdout and "visual_vocab_size: 64" in good.stdout
+
+
+def test_a_library_failure_keeps_its_traceback(tmp_path):
+    """Only ovis-train's own ConfigError becomes one line: a ValueError from transformers (here: an export
+    whose config.json is not JSON) is not the user's typo and must show where it came from."""
+    export = tmp_path / "broken_export"
+    export.mkdir()
+    (export / "config.json").write_text("{not json")
+    result = run_cli(tmp_path, f"init_from={export}", "trainer.max_steps=1")
+    assert result.returncode not in (0, 2) and "Traceback" in result.stderr
+    assert "ovis-train: error:" not in result.stderr
+
+
+def test_help_is_ovis_trains_own():
+    from ovis_train.__main__ import usage
+    from ovis_train.train.config import compose
+
+    text = usage()
+    defaults = compose([])
+    for line in ("  phase        demo_p1, demo_p2, p1*, p2, p3", "  model        demo, ovis2_1b, ovis2_2b, ovis2_5_2b, tiny*",
+                 f"  trainer.max_steps={defaults.trainer.max_steps} ", f"  data.batch_size={defaults.data.batch_size} ",
+                 "  demo_p1      The offline demo's P1"):
+        assert line in text

@@ -125,3 +125,15 @@ def test_resume_auto_skips_a_checkpoint_without_its_marker(tmp_path, capsys):
     metrics = RunDir(run_dir).read_metrics()
     assert [m["step"] for m in metrics] == [1, 2, 3]  # step 2 ran again, once in the log
     assert metrics[1]["loss"] == first[1]["loss"]
+
+
+def test_vet_health_is_the_same_with_the_chunked_visual_path(tmp_path):
+    """The chunked path never runs the vision tower's forward (where the health hook listens): its
+    per-chunk probabilities reach the same statistics through the tower's observer."""
+    fast = ["trainer.max_steps=2", "trainer.vet_health_every=1", "trainer.export=false"]
+    plain = RunDir(run(tmp_path / "plain", *fast)).read_metrics()
+    chunked = RunDir(run(tmp_path / "chunked", *fast, "model.visual_chunk_size=7")).read_metrics()
+    for a, b in zip(plain, chunked, strict=True):
+        assert "vet/entropy" in b and b["vet/rows_top1"] > 0
+        for key in ("vet/entropy", "vet/rows_top1", "vet/rows_with_mass", "loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key

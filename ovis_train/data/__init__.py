@@ -3,7 +3,7 @@
     stream = build_stream(DataConfig(sources=[SourceConfig(urls="shards/train-{000000..000059}.tar")]),
                           bundle, rank, world_size, split="train")
     for batch in stream:      # input_ids, attention_mask, labels, pixel_values (+ n_samples, n_images,
-        ...                   # n_label_tokens, keys: not model inputs)
+        ...                   # keys: not model inputs)
     state = stream.state_dict()    # JSON-able, per rank; stream.load_state_dict(state) resumes exactly
     stream.bad_counts, stream.metrics()
 

@@ -14,7 +14,7 @@ class NoSupervisedTokens(ValueError):
 def collate(samples: list[EncodedSample], pad_token_id: int, padding_side: str, keys: list[str] | None = None) -> dict:
     """Pad to the longest sample. Output keys: input_ids, attention_mask, labels, the processor's
     image tensors concatenated over images (pixel_values, ...; absent when no sample has an image),
-    plain-int counts n_samples, n_images, n_label_tokens, and the sample keys (debugging)."""
+    plain-int counts n_samples, n_images, and the sample keys (debugging)."""
     length = max(len(s.input_ids) for s in samples)
     input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
     labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
@@ -35,8 +35,7 @@ def collate(samples: list[EncodedSample], pad_token_id: int, padding_side: str, 
     image_inputs = [inputs for sample in samples for inputs in sample.image_inputs]
     for key in image_inputs[0] if image_inputs else ():
         batch[key] = torch.cat([inputs[key] for inputs in image_inputs])
-    batch.update(n_samples=len(samples), n_images=len(image_inputs), n_label_tokens=n_label_tokens,
-                 keys=list(keys or []))
+    batch.update(n_samples=len(samples), n_images=len(image_inputs), keys=list(keys or []))
     return batch
 
 

@@ -1,9 +1,15 @@
-"""Data configuration: plain dataclasses so Hydra structured configs and YAML map onto them 1:1."""
+"""Data configuration: plain dataclasses so Hydra structured configs and YAML map onto them 1:1.
+``DataConfig.validate()`` holds every check that needs no shard and no tokenizer; the run config calls
+it at compose time and ``build_stream`` calls it again for direct callers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from ovis_train.errors import ConfigError
+
+IMAGE_MARKER = "<image>"  # where a sample's image goes in a template or a conversation turn
 
 
 @dataclass
@@ -55,12 +61,25 @@ class DataConfig:
     def __post_init__(self):
         # Hydra/YAML hand us dicts; accept them so DataConfig(**yaml) also works
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the bad key and the fix."""
         if self.padding_side not in ("left", "right"):
-            raise ValueError(f"data.padding_side must be 'left' or 'right', got {self.padding_side!r}")
+            raise ConfigError(f"data.padding_side must be 'left' or 'right', got {self.padding_side!r}")
         for name, low in (("batch_size", 1), ("max_length", 1), ("num_workers", 0), ("max_images_per_sample", 0)):
             if getattr(self, name) < low:
-                raise ValueError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
+                raise ConfigError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
         if self.max_visual_tokens_per_sample is not None and self.max_visual_tokens_per_sample < 1:
-            raise ValueError(f"data.max_visual_tokens_per_sample must be >= 1 or null, got {self.max_visual_tokens_per_sample}")
+            raise ConfigError(f"data.max_visual_tokens_per_sample must be >= 1 or null, got {self.max_visual_tokens_per_sample}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ValueError(f"data.max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")
+            raise ConfigError(f"data.max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")
+        if not self.sources:
+            raise ConfigError("data.sources is empty: give at least one {urls, weight, template}")
+        for i, source in enumerate(self.sources):
+            what = f"data.sources[{i}]" + (f" ({source.name})" if source.name else "")
+            if not source.urls:
+                raise ConfigError(f"{what}: no shards given (empty urls); set its urls")
+            if source.template.count(IMAGE_MARKER) != 1:
+                raise ConfigError(f"{what}: template {source.template!r} must contain {IMAGE_MARKER!r} exactly once")
+            if source.weight <= 0:
+                raise ConfigError(f"{what}: weight must be > 0, got {source.weight}")

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import IMAGE_MARKER
 from .decode import BadSample, DecodedSample
 
 IGNORE_INDEX = -100
-IMAGE_MARKER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 # Used only when the tokenizer has no chat template of its own; eos ends an assistant turn.

@@ -15,6 +15,8 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
+from ovis_train.errors import ConfigError
+
 
 def expand_urls(urls) -> list[str]:
     """Brace patterns / ``::``-joined strings / lists -> flat list of shard URLs."""
@@ -38,11 +40,11 @@ def local_path(url: str) -> str | None:
 def check_shards_exist(urls: Sequence[str], what: str) -> None:
     """Fail at build time, naming the first missing local shard (remote ones fail on open)."""
     if not urls:
-        raise ValueError(f"{what}: no shards given (empty urls); set data.sources[].urls / data.eval_urls")
+        raise ConfigError(f"{what}: no shards given (empty urls); set data.sources[].urls / data.eval_urls")
     for url in urls:
         path = local_path(url)
         if path is not None and not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"{what}: shard {url!r} does not exist; check the pattern (brace ranges like "
                 f"{{000..009}} must match the files) or build the shards (python -m ovis_train.data.make_shards)"
             )

@@ -33,8 +33,10 @@ import os
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ovis_train.errors import ConfigError
+
 from .config import DataConfig, SourceConfig
-from .encode import IMAGE_MARKER, SampleEncoder
+from .encode import SampleEncoder
 from .reader import Reader, ReaderSpec
 from .shards import check_shards_exist, expand_urls
 
@@ -141,14 +143,12 @@ def build_stream(cfg: DataConfig, bundle, rank: int = 0, world_size: int = 1, sp
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    cfg.validate()
     sources = cfg.sources
     if split == "eval":
         if not cfg.eval_urls:
-            raise ValueError("split='eval' needs data.eval_urls (held-out shards)")
-        template = sources[0].template if sources else SourceConfig().template
-        sources = [SourceConfig(urls=cfg.eval_urls, template=template, name="eval")]
-    if not sources:
-        raise ValueError("data.sources is empty: give at least one {urls, weight, template}")
+            raise ConfigError("split='eval' needs data.eval_urls (held-out shards)")
+        sources = [SourceConfig(urls=cfg.eval_urls, template=sources[0].template, name="eval")]
     tokenizer, processor = bundle.tokenizer, bundle.processor
     train = split == "train"
     epochs = cfg.epochs if train else 1
@@ -158,12 +158,8 @@ def build_stream(cfg: DataConfig, bundle, rank: int = 0, world_size: int = 1, sp
         what = f"data source {source.name or i} ({split})"
         urls = expand_urls(source.urls)
         check_shards_exist(urls, what)
-        if source.template.count(IMAGE_MARKER) != 1:
-            raise ValueError(f"{what}: template {source.template!r} must contain {IMAGE_MARKER!r} exactly once")
-        if source.weight <= 0:
-            raise ValueError(f"{what}: weight must be > 0, got {source.weight}")
         if epochs is None and len(urls) < n_readers:
-            raise ValueError(
+            raise ConfigError(
                 f"{what} has {len(urls)} shards but there are {n_readers} readers ({world_size} ranks x "
                 f"{max(1, cfg.num_workers)} workers) and each needs at least one: write smaller shards "
                 "(make_shards --samples-per-shard) or lower data.num_workers"
@@ -171,9 +167,9 @@ def build_stream(cfg: DataConfig, bundle, rank: int = 0, world_size: int = 1, sp
         expanded.append((urls, float(source.weight), source.template))
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_token_id is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+        raise ConfigError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
     if cfg.caption_eos and tokenizer.eos_token_id is None:
-        raise ValueError("data.caption_eos=true but the tokenizer has no eos token")
+        raise ConfigError("data.caption_eos=true but the tokenizer has no eos token")
     spec = ReaderSpec(
         sources=expanded, encoder=SampleEncoder(processor, tokenizer, cfg.max_length, cfg.caption_eos,
                                                       cfg.max_visual_tokens_per_sample),

@@ -5,7 +5,7 @@
     bundle.save_pretrained(path); bundle = load_model(path)  # or any HF Ovis2 checkpoint / hub id
 
 Modules: config (ModelConfig, validation), presets (tiny, demo, ovis2_1b, ovis2_2b, ovis2_5_2b),
-tokens (image special tokens, tiny tokenizer, label masking), language (the LLM side), vision (the
+tokens (image special tokens, tiny tokenizer), language (the LLM side), vision (the
 vision side, AIMv2 weight mapping, image processor), backbones (SigLIP / SigLIP2 / CLIP / timm
 plugged in as the ViT), modeling (OvisModel: fp32 softmax, vet|mlp connector, image-free touch),
 vet_init (how the VET rows start), bundle (ModelBundle, save / load), build (build_model), components (model_components),
@@ -32,7 +32,7 @@ from .components import model_components
 from .config import ModelConfig
 from .modeling import OvisModel
 from .presets import PRESETS, resolve_config
-from .tokens import image_token_ids, mask_image_labels
+from .tokens import image_token_ids
 
 __all__ = [
     "ModelBundle",
@@ -42,7 +42,6 @@ __all__ = [
     "build_model",
     "image_token_ids",
     "load_model",
-    "mask_image_labels",
     "model_components",
     "resolve_config",
 ]

@@ -30,6 +30,8 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImage
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 
+from ovis_train.errors import ConfigError
+
 HF_BACKBONES = {
     "siglip": (SiglipVisionConfig, SiglipVisionModel),
     "siglip2": (Siglip2VisionConfig, Siglip2VisionModel),
@@ -116,7 +118,7 @@ def load_hf_backbone(
     config = config_cls.from_pretrained(name_or_path)
     # siglip2 interpolates its position table to any grid; the others are tied to their training size
     if kind != "siglip2" and config.image_size != image_size:
-        raise ValueError(
+        raise ConfigError(
             f"{name_or_path} is trained at image_size={config.image_size}: set model.image_size={config.image_size} "
             f"(got {image_size}); only siglip2 interpolates its position embeddings"
         )
@@ -164,11 +166,11 @@ class TimmBackbone(VisionBackbone):
         source = torch.load(path, map_location="cpu", weights_only=True)
         target = self.model.state_dict()
         if len(source) < len(target):
-            raise ValueError(f"{path} has {len(source)} tensors, {self.spec['model_name']} needs {len(target)}")
+            raise ConfigError(f"{path} has {len(source)} tensors, {self.spec['model_name']} needs {len(target)}")
         mapped = {}
         for (name, tensor), (source_name, value) in zip(target.items(), source.items()):
             if tuple(tensor.shape) != tuple(value.shape):
-                raise ValueError(
+                raise ConfigError(
                     f"{path}: tensor {source_name} {tuple(value.shape)} does not fit {name} {tuple(tensor.shape)}: "
                     f"the file is not a {self.spec['model_name']} checkpoint"
                 )

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import torch
 from transformers import Ovis2Config, Ovis2Processor
 
+from ovis_train.errors import ConfigError
+
 from .bundle import ModelBundle, load_model
 from .config import ModelConfig
 from .language import load_language_model
@@ -77,7 +79,7 @@ def visual_tokens_per_crop(model: OvisModel) -> int:
     side, stride = math.isqrt(n_features), vision.hidden_stride
     if side * side != n_features or side % stride:
         patch = vision.image_size // max(side, 1)
-        raise ValueError(
+        raise ConfigError(
             f"model.image_size={vision.image_size} gives a {side}x{side} feature grid, which "
             f"model.hidden_stride={stride} does not divide: set model.image_size to a multiple of "
             f"{patch * stride} (patch {patch} x stride {stride})"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ovis_train.errors import ConfigError
+
 VISION_KINDS = ("native", "siglip", "siglip2", "clip", "timm")
 CONNECTORS = ("vet", "mlp")
 TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax")
@@ -54,17 +56,17 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(names)}")
+            raise ConfigError(f"unknown model config key(s) {unknown}; valid keys: {sorted(names)}")
         return cls(**data)
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def validate_config(cfg: ModelConfig) -> None:
-    """Raise a ValueError naming the bad key and the fix. Expects a resolved config (presets applied)."""
+    """Raise a ConfigError naming the bad key and the fix. Expects a resolved config (presets applied)."""
     _require(cfg.vision in VISION_KINDS, f"model.vision={cfg.vision!r}: choose one of {VISION_KINDS}")
     _require(cfg.connector in CONNECTORS, f"model.connector={cfg.connector!r}: choose one of {CONNECTORS}")
     _require(

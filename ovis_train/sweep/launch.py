@@ -4,7 +4,8 @@
         phase=p1 model=demo model.visual_vocab_size=1024,4096 run_dir=runs/k-sweep
 
 (``bash launch.sh --sweep ...`` calls this with its accelerate arguments.) A Hydra multirun inside one
-distributed launch would run every member on every rank (DESIGN.md §7); here the sweep stays outside.
+distributed launch would run every member on every rank (docs/design.md, "Distributed runs"); here the
+sweep stays outside.
 Members are expanded exactly as ``python -m ovis_train -m`` expands them (Hydra's override grammar and
 basic sweeper) and get the same run directory names (``hydra.job.override_dirname``). Each member's
 output goes to the console and ``<member>/launch.log``; its end is recorded (``sweep_member.json``)
@@ -53,19 +54,18 @@ class PrimaryConfig:
         return [*(["--config-dir", self.dir] if self.dir else []), *(["--config-name", self.name] if self.name else [])]
 
 
-def member_dir_name(overrides: list[str], primary: PrimaryConfig) -> str:
-    """The run directory name a multirun gives this member (checks the config composes, too)."""
-    from hydra import compose, initialize_config_dir
+def compose_member(overrides: list[str], primary: PrimaryConfig):
+    """The member's composed tree (Hydra's node included); raises when Hydra cannot compose it."""
+    from ovis_train.train.config import compose_tree
 
-    from ovis_train.train.config import CONF_DIR, register
+    return compose_tree(overrides, primary.dir, primary.name, return_hydra_config=True)
 
-    register()
-    # --config-dir puts its folder before ours on the search path: the same here
-    config_dir = str(Path(primary.dir).resolve()) if primary.dir else str(CONF_DIR)
-    ours = [f"hydra.searchpath=[file://{CONF_DIR}]"] if primary.dir else []
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        config = compose(config_name=primary.name or "config", overrides=[*overrides, *ours], return_hydra_config=True)
-    return config.hydra.job.override_dirname
+
+def check_member(tree) -> None:
+    """Raise the trainer's own error for a member whose config it would refuse (nothing is launched then)."""
+    from ovis_train.train.config import to_config
+
+    to_config(tree)
 
 
 def quoted(path: Path) -> str:
@@ -107,10 +107,12 @@ def sweep(launcher: list[str], overrides: list[str], primary: PrimaryConfig = Pr
     failed = 0
     for num, member in enumerate(expand_members(sweep_overrides)):
         record = MemberRecord(overrides=member, job_num=num)
+        run_dir = sweep_dir / f"member-{num}"  # until its config composes
         try:
-            run_dir = sweep_dir / member_dir_name(member, primary)
-        except Exception as e:  # noqa: BLE001 - the member's config does not compose: record it, go on
-            run_dir = sweep_dir / f"member-{num}"
+            tree = compose_member(member, primary)
+            run_dir = sweep_dir / tree.hydra.job.override_dirname  # the name a multirun gives it
+            check_member(tree)
+        except Exception as e:  # noqa: BLE001 - a config the trainer would refuse: record it, go on
             record.status, record.error = "failed", one_line(e)
         else:
             print(f"[sweep] member {num}: {' '.join(member)} -> {run_dir}", flush=True)

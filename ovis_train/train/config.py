@@ -1,7 +1,10 @@
 """The run's configuration: structured dataclasses that Hydra's YAML tree under ``conf/`` fills in.
 
 Because the root is a registered schema, a misspelt key or a wrong type fails at composition
-(one error line from the entry point) instead of being silently ignored. Public override names
+(one error line from the entry point) instead of being silently ignored. ``validate`` then checks
+every group in one go (the model's through its preset, the data's through ``DataConfig.validate``),
+so ``python -m ovis_train``, ``--cfg job``, sweeps and the tools that ``compose`` all refuse the same
+settings with the same line before anything is built. Public override names
 (a contract, keep them): ``phase``, ``model``, ``data``, ``model.visual_vocab_size``,
 ``model.connector``, ``trainer.max_steps``, ``trainer.save_every``, ``trainer.seed``, ``run_dir``,
 ``resume``, ``init_from``, ``logger``.
@@ -99,29 +102,49 @@ def register() -> None:
     register_resolver()
 
 
-def compose(overrides: list[str] = ()) -> Config:
-    """The config ``python -m ovis_train <overrides>`` would run with (for tests and tools)."""
+def compose_tree(overrides: list[str] = (), config_dir: str | None = None, config_name: str | None = None,
+                 return_hydra_config: bool = False):
+    """The OmegaConf tree Hydra composes for ``python -m ovis_train [--config-dir D] [--config-name N]
+    <overrides>`` (a ``--config-dir`` goes before ours on the search path, as with Hydra's flag)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_config(hydra_compose(config_name="config", overrides=list(overrides)))
+    directory = str(Path(config_dir).resolve()) if config_dir else str(CONF_DIR)
+    ours = [f"hydra.searchpath=[file://{CONF_DIR}]"] if config_dir else []
+    with initialize_config_dir(config_dir=directory, version_base="1.3"):
+        return hydra_compose(config_name=config_name or "config", overrides=[*overrides, *ours],
+                             return_hydra_config=return_hydra_config)
+
+
+def compose(overrides: list[str] = (), config_dir: str | None = None, config_name: str | None = None) -> Config:
+    """The checked config ``python -m ovis_train <overrides>`` would run with (tests, tools, sweeps)."""
+    return to_config(compose_tree(overrides, config_dir, config_name))
 
 
 def to_config(cfg) -> Config:
-    """OmegaConf tree -> checked ``Config`` dataclasses."""
-    from omegaconf import OmegaConf
+    """OmegaConf tree (Hydra's node, if any, is left out) -> checked ``Config`` dataclasses."""
+    from omegaconf import OmegaConf, open_dict
 
-    try:
-        config = OmegaConf.to_object(cfg)
-    except ValueError as e:  # dataclass __post_init__ checks (e.g. DataConfig)
-        raise ConfigError(str(e)) from None
+    if "hydra" in cfg:  # composed with return_hydra_config (sweeps read the member's directory name there)
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    config = OmegaConf.to_object(cfg)
     validate(config)
     return config
 
 
 def validate(cfg: Config) -> None:
+    """Every check that needs no model weights and no shard: raise a ConfigError naming the key and the fix."""
+    from ovis_train.model.presets import resolve_config
+
+    cfg.data.validate()
+    resolve_config(cfg.model)  # fills the preset's values and checks the result
+    _require(
+        not (cfg.init_from and cfg.model.init_from and cfg.init_from != cfg.model.init_from),
+        f"init_from={cfg.init_from} and model.init_from={cfg.model.init_from} disagree; set one",
+    )
     t = cfg.trainer
     _require(t.max_steps >= 0, f"trainer.max_steps={t.max_steps}: must be >= 0")
     _require(t.grad_accum >= 1, f"trainer.grad_accum={t.grad_accum}: must be >= 1")

@@ -1,6 +1,6 @@
 """Accelerator set-up for one process, DDP, or DeepSpeed ZeRO-2/3, on GPUs or CPUs.
 
-CPU facts this encodes (DESIGN.md §7, checked with accelerate 1.15): ``Accelerator(cpu=True)`` drops
+CPU facts this encodes (docs/design.md, "Distributed runs"; checked with accelerate 1.15): ``Accelerator(cpu=True)`` drops
 DeepSpeed, so only DDP gets it (without it a launched CPU run is DistributedType.NO: no gradient
 sync, no-op barriers); under a launcher pass the gloo backend explicitly; DeepSpeed needs
 ``train_micro_batch_size_per_gpu`` because no DataLoader goes through ``prepare()``; its shared-memory

@@ -1,11 +1,6 @@
-"""The one error type a user can fix by changing the configuration or the command line."""
+"""User-fixable errors as the entry point prints them (``ConfigError`` itself: ``ovis_train.errors``)."""
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the entry point prints its message as one line and exits with 2.
-
-    Messages name the problem and the fix, e.g. "freeze rule #3 'vit.blocks.-9': ...; use ...".
-    """
+from ovis_train.errors import ConfigError
 
 
 def one_line_error(exc: BaseException) -> str | None:

@@ -60,7 +60,7 @@ def train(cfg: Config) -> Path:
         run_dir = Path(cfg.run_dir)
         resume_from = resolve_resume(cfg.resume, run_dir)
         rank, world = accelerator.process_index, accelerator.num_processes
-        stream = _user_error("data", build_stream, cfg.data, bundle, rank, world, "train")
+        stream = build_stream(cfg.data, bundle, rank, world, "train")
         optimizer = build_optimizer(plan, t)
         scheduler = build_scheduler(optimizer, t)
         model, optimizer, scheduler = accelerator.prepare(bundle.model, optimizer, scheduler)
@@ -122,18 +122,7 @@ def train(cfg: Config) -> Path:
 
 
 def _build_bundle(cfg: Config):
-    if cfg.init_from and cfg.model.init_from and cfg.init_from != cfg.model.init_from:
-        raise ConfigError(f"init_from={cfg.init_from} and model.init_from={cfg.model.init_from} disagree; set one")
-    model_cfg = cfg.model.replace(init_from=cfg.init_from or cfg.model.init_from)
-    return _user_error("model", build_model, model_cfg)
-
-
-def _user_error(what: str, build, *args):
-    """Builders report bad settings as ValueError / FileNotFoundError: those are config errors here."""
-    try:
-        return build(*args)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"{what}: {e}".replace("\n", " ")) from e
+    return build_model(cfg.model.replace(init_from=cfg.init_from or cfg.model.init_from))  # validate() agreed
 
 
 def _next_micro_batches(batches, n: int) -> tuple[list[dict], float]:
@@ -182,8 +171,7 @@ def _count(micro_batches) -> list[int]:
 
 def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
     """Token-weighted loss over the first ``eval_batches`` held-out batches of every rank."""
-    stream = _user_error("data (eval)", build_stream, cfg.data, bundle, accelerator.process_index,
-                         accelerator.num_processes, "eval")
+    stream = build_stream(cfg.data, bundle, accelerator.process_index, accelerator.num_processes, "eval")
     batches = first_batches(stream, cfg.trainer.eval_batches)
     n = all_reduce_min(accelerator, len(batches))  # ZeRO-3 forwards are collective: same count everywhere
     totals = all_reduce_sum(accelerator, list(loss_sums(model, batches[:n], accelerator.device)))

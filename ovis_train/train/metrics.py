@@ -66,19 +66,25 @@ class VetHealth:
     """Over a window of steps: mean entropy of the visual-token distributions, and the share of the
     visual vocabulary in use (rows that were some token's top-1; rows whose summed probability
     reached 1% of a uniform share). A forward hook on the vision tower reads its ``pooler_output``
-    (the probabilities, before the model turns them into VET embeddings)."""
+    (the probabilities, before the model turns them into VET embeddings); the chunked visual path
+    (``model.visual_chunk_size``) never runs the tower's forward and hands each chunk's
+    probabilities to the tower's ``visual_probs_observer`` instead."""
 
     def __init__(self, model):
         self.collecting = False
         self._reset()
-        self._hook = model.model.vision_tower.register_forward_hook(self._record)
+        self._tower = model.model.vision_tower
+        self._hook = self._tower.register_forward_hook(self._record)
+        self._tower.visual_probs_observer = self._observe
 
     def _reset(self) -> None:
         self.entropy_sum, self.tokens, self.mass, self.top1 = 0.0, 0, None, None
 
-    @torch.no_grad()
     def _record(self, module, args, output) -> None:
-        probs = getattr(output, "pooler_output", None)
+        self._observe(getattr(output, "pooler_output", None))
+
+    @torch.no_grad()
+    def _observe(self, probs) -> None:
         if not self.collecting or probs is None or probs.shape[-1] == 0:  # mlp connector: no visual vocabulary
             return
         p = probs.detach().float().reshape(-1, probs.shape[-1])
@@ -107,3 +113,4 @@ class VetHealth:
 
     def close(self) -> None:
         self._hook.remove()
+        del self._tower.visual_probs_observer
