@@ -174,7 +174,7 @@ def test_answer_accuracy_per_kind_with_hand_made_answers(tmp_path, monkeypatch):
     assert [key for key, _, _ in score.examples] == ["w0", "w1", "w2", "c0", "c1", "c2", "c3"]
 
 
-def test_score_answers_with_the_taught_model(taught, tmp_path):
+def test_score_answers_with_the_taught_model(taught, tmp_path, capsys):
     """The evaluate tool on held-out pairs the taught model answers right (and a kind it cannot)."""
     odd = {"__key__": "odd", "0.png": png("red"), "1.png": png("blue"), "json": {"kind": "odd", "conversations": [
         {"from": "human", "value": "<image>\n<image>\nWhat colour is the sky?"}, {"from": "gpt", "value": "grey"}]}}
@@ -185,6 +185,12 @@ def test_score_answers_with_the_taught_model(taught, tmp_path):
     assert result["per_kind"]["odd"]["accuracy"] == 0.0
     assert result["answer_accuracy"] == pytest.approx(2 / 3)
     assert 0 < result["heldout_loss"] < 50 and json.dumps(result)  # serialisable for results.json
+    # the command line says the same
+    from ovis_train import evaluate
+
+    assert evaluate.main([taught[0], "--shards", str(tmp_path / "heldout-000000.tar"), "--limit", "3", "--answers"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["per_kind"] == result["per_kind"] and printed["heldout_loss"] == pytest.approx(result["heldout_loss"])
 
 
 def test_the_trainer_scores_held_out_answers_at_phase_end(tmp_path, monkeypatch):
