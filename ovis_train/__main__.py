@@ -50,10 +50,10 @@ def usage() -> str:
     import yaml
     from omegaconf import OmegaConf
 
-    from ovis_train.train.config import CONF_DIR, compose_tree
+    from ovis_train.train.config import CONF_DIR, PRIMARY_CONFIG, compose_tree
 
     tree = compose_tree([])
-    chosen = {k: v for entry in yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
+    chosen = {k: v for entry in yaml.safe_load((CONF_DIR / f"{PRIMARY_CONFIG}.yaml").read_text())["defaults"]
               if isinstance(entry, dict) for k, v in entry.items()}
     lines = [
         "usage: python -m ovis_train [group=option ...] [key=value ...]   train one phase",
@@ -98,7 +98,7 @@ def check_printed_config(argv: list[str]) -> None:
 def main() -> None:
     import hydra
 
-    from ovis_train.train.config import CONF_DIR, register
+    from ovis_train.train.config import CONF_DIR, PRIMARY_CONFIG, register
 
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
         print(usage())
@@ -107,7 +107,7 @@ def main() -> None:
     check_printed_config(sys.argv[1:])
     register()
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    @hydra.main(config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG, version_base="1.3")
     def run(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode

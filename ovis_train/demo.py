@@ -57,14 +57,10 @@ def ensure_shards(name: str) -> None:
 
 def run_config(overrides: list[str]):
     """The configuration the phases resolve from these overrides: the demo scores the same shards, and its
-    untrained model is the one P1 builds (model overrides included)."""
-    from hydra import compose, initialize_config_dir
+    untrained model is the one P1 builds (model overrides included); checked as the runs will check it."""
+    from ovis_train.train.config import compose
 
-    from ovis_train.train.config import CONF_DIR, register
-
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose(overrides)
 
 
 def quiet_environment() -> None:

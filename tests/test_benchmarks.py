@@ -52,3 +52,14 @@ def test_trainer_overhead_small(capsys):
 def test_p1_vs_p2_small(capsys):
     p1_vs_p2.main(["--steps", "2", "--warmup", "1", "--batch-size", "2"])
     assert "P1/P2 step time" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_building_the_demo_preset_allocates_each_part_once():
+    """Peak RSS of the demo build <= 1.3x its parameter bytes + what loading the GGUF LLM alone needs
+    beyond its own parameters (a second random LLM, as the build once allocated, would not fit)."""
+    from benchmarks.build_memory import measure
+
+    row = measure("demo")
+    assert row["model_param_mib"] > 400  # SmolLM2-135M + EfficientNet-Lite0 in fp32: the real parts were built
+    assert row["build_peak_mib"] <= row["bound_mib"], row

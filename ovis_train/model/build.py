@@ -1,4 +1,8 @@
-"""`build_model(cfg)`: compose a fresh Ovis model from (pretrained) parts, or load an existing one."""
+"""`build_model(cfg)`: compose a fresh Ovis model from (pretrained) parts, or load an existing one.
+
+Each part is allocated once: the Ovis2 skeleton is built with its parameters on the meta device, the
+pretrained LLM and vision backbone are put in place, and only what is still empty (visual head, VET, and
+the parts that start random) is then allocated and initialised, as transformers would have done."""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import math
 from collections.abc import Mapping
 
 import torch
+from accelerate import init_empty_weights
+from torch import nn
 from transformers import Ovis2Config, Ovis2Processor
 
 from ovis_train.errors import ConfigError
@@ -50,13 +56,15 @@ def build_model(cfg: ModelConfig | Mapping) -> ModelBundle:
         },
     )
     config._attn_implementation = cfg.attn_implementation
-    model = OvisModel(config)
-    # pretrained parts replace the freshly built (random) ones: no copy, no second allocation
+    with init_empty_weights():  # parameters on the meta device (buffers stay real: rotary tables, ids)
+        model = OvisModel(config)
+    # pretrained parts take their places in the skeleton: no copy, no second allocation
     if lm is not None:
         model.model.language_model, model.lm_head = lm.base_model, lm.get_output_embeddings()
     if backbone is not None:
         model.model.vision_tower.transformer = backbone
-    elif cfg.vision_name_or_path and cfg.pretrained:
+    materialize(model)
+    if backbone is None and cfg.vision_name_or_path and cfg.pretrained:
         load_aimv2_into(model.model.vision_tower.transformer, cfg.vision_name_or_path)
     if cfg.vet_init == "text_embeddings":
         init_vet_from_text_embeddings(model, tokenizer)
@@ -67,6 +75,36 @@ def build_model(cfg: ModelConfig | Mapping) -> ModelBundle:
         image_seq_length=visual_tokens_per_crop(model),
     )
     return ModelBundle(model=model, tokenizer=tokenizer, processor=processor, config=cfg)
+
+
+@torch.no_grad()
+def materialize(model: OvisModel) -> None:
+    """Allocate the parameters still on the meta device and initialise them as a plain build would:
+    torch's own init (``reset_parameters``), then transformers' init for what it covers. Modules that
+    are already real (the pretrained parts) are marked initialised, so neither touches them."""
+    empty = []
+    for module in model.modules():
+        params = dict(module.named_parameters(recurse=False))
+        if any(p.is_meta for p in params.values()):
+            empty.append(module)
+            module._is_hf_initialized = getattr(module, "_torch_init_only", False)  # the meta build set it
+            for name, p in params.items():  # its buffers are real already (init_empty_weights leaves them)
+                module._parameters[name] = nn.Parameter(torch.empty_like(p, device="cpu"), p.requires_grad)
+        elif params or list(module.buffers(recurse=False)):
+            module._is_hf_initialized = True
+    model.tie_weights()  # materialising gave tied names separate tensors: tie them again
+    for module in empty:
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        elif not _transformers_initialises(module):
+            raise RuntimeError(f"{type(module).__name__} has no initialisation after a meta-device build; "
+                               "give it reset_parameters or teach build.materialize about it")
+    model.initialize_weights()
+
+
+def _transformers_initialises(module: nn.Module) -> bool:
+    """Norms are set by transformers' generic init (weight 1, bias 0) whatever their class is called."""
+    return any(kind in type(module).__name__ for kind in ("RMSNorm", "LayerNorm"))
 
 
 @torch.no_grad()

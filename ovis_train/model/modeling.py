@@ -131,6 +131,8 @@ class OvisModel(Ovis2ForConditionalGeneration):
             merged_dim = tower.head_linear.in_features
             tower.head_linear, tower.head_norm = ZeroWidthHead(), nn.Identity()
             tower.projector = MlpProjector(merged_dim, config.hidden_size)
+            for layer in tower.projector:  # built after transformers' init: torch's own init (build.materialize)
+                layer._torch_init_only = True
         elif options["softmax_fp32"]:
             _retype(tower.head_norm, Float32LayerNorm)
         _retype(self.model.visual_embeddings_table, VisualEmbeddingTable)

@@ -23,6 +23,7 @@ from ovis_train.train.freeze import FreezeRule
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SCHEMA_NAME = "ovis_train_schema"
+PRIMARY_CONFIG = "config"  # conf/config.yaml, the config Hydra composes from
 
 
 @dataclass
@@ -113,7 +114,7 @@ def compose_tree(overrides: list[str] = (), config_dir: str | None = None, confi
     directory = str(Path(config_dir).resolve()) if config_dir else str(CONF_DIR)
     ours = [f"hydra.searchpath=[file://{CONF_DIR}]"] if config_dir else []
     with initialize_config_dir(config_dir=directory, version_base="1.3"):
-        return hydra_compose(config_name=config_name or "config", overrides=[*overrides, *ours],
+        return hydra_compose(config_name=config_name or PRIMARY_CONFIG, overrides=[*overrides, *ours],
                              return_hydra_config=return_hydra_config)
 
 
