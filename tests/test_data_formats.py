@@ -1,7 +1,6 @@
 """make_shards formats (Ovis meta-JSON, messages, folder sidecars, tables, builders): the written layout,
 the held-out split (an image never in both), and build-time counts of missing / unreadable images."""
 
-import io
 import json
 
 import pytest

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from ovis_train.data import write_shards
+from ovis_train.data.shards import expand_urls, iter_raw_samples
 from ovis_train.data.synthetic import write_synthetic_conversations
+from ovis_train.model import ModelConfig, build_model
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
@@ -53,10 +56,6 @@ def test_ovis_meta_json_to_shards_to_p3_on_the_tiny_preset(tmp_path):
     assert all(m["images_per_s"] > 0 for m in metrics) and metrics[-1]["eval/loss"] > 0
     # P3 trains every part: multi-image batches reached the vision tower, the head and the VET
     exported = load_file(str(run / "export" / "model.safetensors"))
-    from accelerate.utils import set_seed
-
-    from ovis_train.model import ModelConfig, build_model
-
     set_seed(0)  # trainer.seed: the run's initial weights
     initial = dict(build_model(ModelConfig(preset="tiny")).model.state_dict())
     for prefix in ("model.vision_tower.transformer.", "model.vision_tower.head_linear", "model.visual_embeddings_table",
@@ -70,7 +69,7 @@ def test_text_only_heldout_batch_on_one_rank_under_zero3(tmp_path):
     """Rank 1's held-out shard is text-only, rank 0's has images: both must run the vision tower."""
     meta = write_synthetic_conversations(str(tmp_path / "raw"), n_samples=16, seed=2)
     patterns = make_shards(tmp_path, "ovis", meta, "--out", str(tmp_path / "shards"), "--samples-per-shard", "4")
-    raw = [s for s in json.loads(Path(meta).read_text())]
+    raw = json.loads(Path(meta).read_text())
     text_only = [{"__key__": f"t{i}", "json": {"conversations": r["conversations"]}}
                  for i, r in enumerate(r for r in raw if "image" not in r)]
     with_images = [s for s in _samples(patterns["shard"]) if any(k.endswith(".png") for k in s)][:4]
@@ -89,8 +88,6 @@ def test_text_only_heldout_batch_on_one_rank_under_zero3(tmp_path):
 
 
 def _samples(pattern):
-    from ovis_train.data.shards import expand_urls, iter_raw_samples
-
     for url in expand_urls(pattern):
         for sample in iter_raw_samples(url):
             yield {k: v for k, v in sample.items() if k != "__shard__"}

@@ -111,6 +111,10 @@ def test_make_shards_from_saved_hf_dataset(tmp_path):
                                features=features).save_to_disk(str(tmp_path / "hfjpeg"))
     patterns = make_shards(["hf", str(tmp_path / "hfjpeg"), "--out", str(tmp_path / "outjpeg")])
     assert read_back(patterns["shard"])[0]["jpg"] == jpeg
+    patterns = make_shards(["hf", str(tmp_path / "hf"), "--split", "train", "--out", str(tmp_path / "split"),
+                            "--heldout", "1"])
+    train, heldout = read_back(patterns["shard"]), read_back(patterns["heldout"])
+    assert len(heldout) == 1 and sorted(s["txt"].decode() for s in train + heldout) == [f"red level {i}" for i in range(4)]
 
 
 def test_digits_builder_round_trip_matches_sklearn(tmp_path):

@@ -70,7 +70,8 @@ class DataConfig:
             if getattr(self, name) < low:
                 raise ConfigError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
         if self.max_visual_tokens_per_sample is not None and self.max_visual_tokens_per_sample < 1:
-            raise ConfigError(f"data.max_visual_tokens_per_sample must be >= 1 or null, got {self.max_visual_tokens_per_sample}")
+            raise ConfigError(f"data.max_visual_tokens_per_sample must be >= 1 or null, got "
+                              f"{self.max_visual_tokens_per_sample}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"data.max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")
         if not self.sources:

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from .config import IMAGE_MARKER
 from .decode import IMAGE_EXTENSIONS
-from .encode import IMAGE_MARKER
 
 
 @dataclass

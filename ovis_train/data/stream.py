@@ -171,8 +171,8 @@ def build_stream(cfg: DataConfig, bundle, rank: int = 0, world_size: int = 1, sp
     if cfg.caption_eos and tokenizer.eos_token_id is None:
         raise ConfigError("data.caption_eos=true but the tokenizer has no eos token")
     spec = ReaderSpec(
-        sources=expanded, encoder=SampleEncoder(processor, tokenizer, cfg.max_length, cfg.caption_eos,
-                                                      cfg.max_visual_tokens_per_sample),
+        sources=expanded,
+        encoder=SampleEncoder(processor, tokenizer, cfg.max_length, cfg.caption_eos, cfg.max_visual_tokens_per_sample),
         n_readers=n_readers, seed=cfg.seed, shuffle=cfg.shuffle and train,
         block_size=cfg.shuffle_buffer if cfg.shuffle and train else 1, epochs=epochs,
         batch_size=cfg.batch_size, pad_token_id=pad_token_id, padding_side=cfg.padding_side,
