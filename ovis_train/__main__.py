@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 
-from ovis_train.train.errors import ConfigError, one_line_error
+from ovis_train.train.errors import one_line_error
 
 
 @contextlib.contextmanager
@@ -98,14 +98,18 @@ def check_printed_config(argv: list[str]) -> None:
 def main() -> None:
     import hydra
 
+    from ovis_train.sweep import multirun
+    from ovis_train.sweep.naming import register_resolver
     from ovis_train.train.config import CONF_DIR, PRIMARY_CONFIG, register
 
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
         print(usage())
         return
+    multirun.refuse_inside_launch(sys.argv[1:])  # before Hydra: once, not once per member and rank
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us instead of Hydra's multi-line report
     check_printed_config(sys.argv[1:])
     register()
+    register_resolver()  # ${ovis_sweep_member:}: sweep member folder names
 
     @hydra.main(config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG, version_base="1.3")
     def run(cfg) -> None:
@@ -113,7 +117,6 @@ def main() -> None:
         from hydra.types import RunMode
 
         from ovis_train.train.config import to_config
-        from ovis_train.train.distributed import is_launched
         from ovis_train.train.loop import train
 
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -121,17 +124,15 @@ def main() -> None:
                 train(to_config(cfg))
             return
         # a sweep member's error reaches Hydra, which records it and runs the other members
-        if is_launched():
-            raise ConfigError(
-                "a Hydra multirun inside a distributed launch runs every member on every rank; "
-                "run the sweep outside the launcher (python -m ovis_train.sweep.launch)"
-            )
         config = to_config(cfg)
         config.run_dir = HydraConfig.get().runtime.output_dir  # one run directory per member
+        multirun.apply_heldout_defaults(config, list(HydraConfig.get().overrides.task))
         train(config)
 
     with config_errors_as_one_line():
         run()
+    if multirun.is_multirun(sys.argv[1:]) and multirun.exit_status():
+        sys.exit(1)
     from ovis_train.train.distributed import exit_launched_process
 
     exit_launched_process()

@@ -13,7 +13,8 @@ A run directory (``run_dir=...``) holds::
     sweep_member.json             a sweep member's record (status, overrides, error)
 
 and a sweep folder holds its members' run directories plus ``sweep.yaml`` (the overrides a sweep
-launcher was given), ``multirun.yaml`` (Hydra's, for a multirun) and ``summary.md`` / ``summary.csv``.
+launcher was given), ``multirun.yaml`` (Hydra's, for a multirun) and ``summary.md`` / ``summary.csv``
+(``summary_seeds.csv`` too when it varies a seed).
 
 Nothing else in the package spells these names: writers ask :class:`RunDir` for a path, readers use
 its readers. This module imports nothing from ovis_train, so every layer (train, sweep, analyze,
@@ -38,6 +39,7 @@ SWEEP_RECORD_FILE = "sweep_member.json"
 SWEEP_FILE = "sweep.yaml"
 MULTIRUN_FILE = "multirun.yaml"
 SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"
+SUMMARY_SEEDS_CSV = "summary_seeds.csv"  # mean +- std over seeds, when a sweep varies a seed
 MODEL_WEIGHTS_FILE = "model.safetensors"  # Accelerate's name for the model inside a checkpoint
 EXPORT_CONFIG_FILE = "config.json"  # what makes a folder loadable with from_pretrained
 

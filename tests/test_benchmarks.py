@@ -1,10 +1,14 @@
 """The benchmarks run end to end at toy sizes and print their baseline and ratio (BENCHMARKS.md has the
 real figures). Each benchmark starts subprocesses, so the slower ones are marked slow."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from benchmarks import data_pipeline, gpu_mfu, p1_vs_p2, trainer_overhead, vet_cost
-from benchmarks.common import PeakMemory, run_isolated
+from benchmarks.common import REPO_ROOT, PeakMemory, run_isolated
 
 
 def test_peak_memory_sees_a_large_allocation():
@@ -21,10 +25,29 @@ def allocate_and_measure(mib: int) -> dict:
     return {"peak_mib": peak.mib}
 
 
-def test_gpu_mfu_tiny(capsys):
-    gpu_mfu.main(["--tiny", "--steps", "1", "--warmup", "1"])
-    out = capsys.readouterr().out
-    assert "| p1 |" in out and "| p2 |" in out and "p1/p2: step time" in out
+@pytest.mark.slow
+def test_gpu_check_tiny_prints_one_table_with_tflops_on_cpu():
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--tiny"], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| shape"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| tiny")]
+    assert [(r[1], r[2]) for r in rows] == [("p1", "plain"), ("p2", "plain"), ("p1", "chunked VET 8"),
+                                            ("p2", "chunked VET 8")]
+    for row in rows:
+        assert float(row[columns.index("TFLOP/s")]) > 0 and 0 < float(row[columns.index("MFU")])
+
+
+def test_gpu_mfu_row_reports_modules_the_gpu_image_lacks():
+    import hydra  # noqa: F401  (the training stack imports it; the GPU check must not)
+
+    r = gpu_mfu.run_phase(preset="tiny", phase="p1", tiny=True, steps=1, warmup=0, batch_size=1, caption_tokens=4,
+                          peak=1.0, visual_chunk_size=None, grad_checkpointing=False)
+    assert "hydra" in r["absent_on_gpu_image_but_imported"]
+    assert r["tflops_per_s"] > 0 and abs(sum(r[f"share_{k}"] for k in ("vit", "head+vet", "llm", "lm_head")) - 1) < 1e-9
 
 
 def test_vet_cost_small(capsys):
@@ -52,6 +75,16 @@ def test_trainer_overhead_small(capsys):
 def test_p1_vs_p2_small(capsys):
     p1_vs_p2.main(["--steps", "2", "--warmup", "1", "--batch-size", "2"])
     assert "P1/P2 step time" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_trainer_e2e_small(capsys):
+    from benchmarks import trainer_e2e
+
+    trainer_e2e.main(["--steps", "2", "--warmup", "1", "--batch-size", "4", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "| ovis-train (its stream) |" in out and "| transformers Trainer (map-style dataset" in out
+    assert "end to end: ovis-train" in out and "attention sdpa, weights float32" in out
 
 
 @pytest.mark.slow

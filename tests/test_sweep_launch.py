@@ -64,3 +64,26 @@ def test_each_member_gets_the_primary_config_flags_and_its_own_run_dir(tmp_path)
         member = sweep / f"model.visual_vocab_size={k}"  # named by the command-line overrides only
         launched = (member / "launch.log").read_text().split()
         assert launched == [*recipe, f"model.visual_vocab_size={k}", f"run_dir='{member}'"]
+
+
+def test_launched_members_get_the_held_out_defaults_and_resume_skips_finished_ones(tmp_path):
+    from ovis_train.sweep.launch import main
+    from ovis_train.sweep.record import read_record
+
+    sweep = tmp_path / "sweep"
+    overrides = ["model=tiny", "data=synthetic", "trainer.max_steps=7", "model.visual_vocab_size=32,64", f"run_dir={sweep}"]
+    assert main(["--launcher", "echo", *overrides]) == 0
+    first, second = (sweep / f"model.visual_vocab_size={k}" for k in (32, 64))
+    launched = (first / "launch.log").read_text().split()
+    # synthetic data has held-out shards: loss after the last step, 200 greedy captions (as -m members)
+    assert "trainer.eval_every=7" in launched and "trainer.caption_eval_samples=200" in launched
+    assert read_record(first).overrides == ["model=tiny", "data=synthetic", "trainer.max_steps=7",
+                                            "model.visual_vocab_size=32"]  # what the user gave, nothing added
+    (first / "launch.log").write_text("kept\n")
+    record = read_record(second)
+    record.status = "started"  # as if the machine went down during this member
+    (second / "sweep_member.json").write_text(json.dumps(record.__dict__))
+    assert main(["--launcher", "echo", "--resume", *overrides]) == 0
+    assert (first / "launch.log").read_text() == "kept\n"  # completed before: not launched again
+    assert "resume=auto" in (second / "launch.log").read_text().split()  # continues from its last checkpoint
+    assert read_record(second).status == "completed"

@@ -39,6 +39,7 @@ from .config import DataConfig, SourceConfig
 from .encode import SampleEncoder
 from .reader import Reader, ReaderSpec
 from .shards import check_shards_exist, expand_urls
+from .video import FrameSampler
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -178,11 +179,21 @@ def build_stream(cfg: DataConfig, bundle, rank: int = 0, world_size: int = 1, sp
         batch_size=cfg.batch_size, pad_token_id=pad_token_id, padding_side=cfg.padding_side,
         max_image_pixels=cfg.max_image_pixels, max_images=cfg.max_images_per_sample, draft_size=draft_size(processor),
         max_bad_fraction=cfg.max_bad_fraction, bad_check_min_samples=cfg.bad_check_min_samples,
+        video=frame_sampler(cfg, processor, train),
     )
     # what decides which reader reads which sample: a saved position is only valid when it is unchanged
     layout = [[urls for urls, _, _ in expanded], cfg.seed, spec.shuffle, spec.block_size]
     fingerprint = hashlib.sha1(json.dumps(layout).encode()).hexdigest()[:16]
     return DataStream(spec, cfg, rank, world_size, split, fingerprint)
+
+
+def frame_sampler(cfg: DataConfig, processor, train: bool) -> FrameSampler:
+    """``data.video`` with the seed; frames per video also held within the visual-token budget (one crop each)."""
+    video, max_frames = cfg.video, cfg.video.max_frames
+    if cfg.max_visual_tokens_per_sample:
+        max_frames = max(1, min(max_frames, cfg.max_visual_tokens_per_sample // processor.image_seq_length))
+    return FrameSampler(max_frames=max_frames, fps=video.fps, max_seconds=video.max_seconds, seed=cfg.seed,
+                        jitter=video.jitter and train)
 
 
 def draft_size(processor) -> int | None:

@@ -22,7 +22,7 @@ from .language import load_language_model
 from .modeling import OvisModel
 from .presets import get_preset, resolve_config
 from .tokens import ATOM_TOKEN, indicator_tokens
-from .vet_init import init_vet_from_text_embeddings
+from .vet_init import FROM_EXPORT, init_vet_from_export, init_vet_from_text_embeddings
 from .vision import image_processor, load_aimv2_into, make_backbone, vision_config
 
 
@@ -68,6 +68,8 @@ def build_model(cfg: ModelConfig | Mapping) -> ModelBundle:
         load_aimv2_into(model.model.vision_tower.transformer, cfg.vision_name_or_path)
     if cfg.vet_init == "text_embeddings":
         init_vet_from_text_embeddings(model, tokenizer)
+    elif cfg.vet_init.startswith(FROM_EXPORT):
+        init_vet_from_export(model, cfg.vet_init[len(FROM_EXPORT):])
     model.to(dtype)
     processor = Ovis2Processor(
         image_processor=image_processor(cfg, backbone),

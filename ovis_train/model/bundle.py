@@ -3,8 +3,9 @@
 An export folder is a plain transformers Ovis2 folder (config.json, model.safetensors, tokenizer
 and processor files) plus `ovis_train.json` (the ModelConfig it was built from). With the native
 vision tower and the VET connector it loads with `Ovis2ForConditionalGeneration.from_pretrained`
-and `AutoProcessor.from_pretrained` without ovis_train; plugged backbones and the mlp connector
-need `load_model` (their options live in config.json under `ovis_train`).
+and `AutoProcessor.from_pretrained` without ovis_train; plugged backbones, the mlp connector and the
+gelu tokenize function need `load_model` (their options live in config.json under `ovis_train` and
+`vision_config.tokenize_function`).
 """
 
 from __future__ import annotations

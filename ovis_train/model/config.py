@@ -9,7 +9,7 @@ from ovis_train.errors import ConfigError
 
 VISION_KINDS = ("native", "siglip", "siglip2", "clip", "timm")
 CONNECTORS = ("vet", "mlp")
-TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax")
+TOKENIZE_FUNCTIONS = ("softmax", "gumbel_argmax", "st_argmax", "gelu")  # gelu: the softmax ablation (modeling.py)
 DTYPES = ("float32", "bfloat16", "float16")
 VET_INITS = ("normal", "text_embeddings")
 
@@ -33,9 +33,10 @@ class ModelConfig:
     num_indicator_tokens: int | None = None  # preset's; 5 for Ovis2 (and by default), 4 for Ovis2.5
     connector: str = "vet"  # vet | mlp (the standard 2-layer projector, for the ablation)
     # how the VET's visual rows start: normal (Ovis2's N(0, 0.02)) | text_embeddings (copies of random text
-    # tokens' embeddings, at the LLM's scale: P1 learns much faster; vet_init.py); None = the preset's
+    # tokens' embeddings, at the LLM's scale: P1 learns much faster) | from:<export> (warm start from a trained
+    # VET of another size: rows split or merged, vet_init.py); None = the preset's
     vet_init: str | None = None
-    tokenize_function: str = "softmax"  # softmax | gumbel_argmax | st_argmax
+    tokenize_function: str = "softmax"  # softmax | gumbel_argmax | st_argmax | gelu (GELU in place of the softmax)
     softmax_fp32: bool = True  # visual softmax in fp32 whatever the model dtype (as Ovis2.5 does)
     max_crops: int | None = None  # Ovis2 multi-crop grid size limit; 1 = one crop per image
     dtype: str = "float32"
@@ -73,7 +74,15 @@ def validate_config(cfg: ModelConfig) -> None:
         cfg.tokenize_function in TOKENIZE_FUNCTIONS,
         f"model.tokenize_function={cfg.tokenize_function!r}: choose one of {TOKENIZE_FUNCTIONS}",
     )
-    _require(cfg.vet_init in VET_INITS, f"model.vet_init={cfg.vet_init!r}: choose one of {VET_INITS}")
+    _require(
+        cfg.vet_init in VET_INITS or cfg.vet_init.startswith("from:"),
+        f"model.vet_init={cfg.vet_init!r}: choose one of {VET_INITS} or from:<export folder> (warm start)",
+    )
+    _require(
+        not (cfg.vet_init.startswith("from:") and (cfg.connector != "vet" or cfg.init_from)),
+        f"model.vet_init={cfg.vet_init} starts a fresh VET model's head and VET from another one's: it needs "
+        f"model.connector=vet (got {cfg.connector}) and no init_from (got {cfg.init_from})",
+    )
     _require(cfg.dtype in DTYPES, f"model.dtype={cfg.dtype!r}: choose one of {DTYPES}")
     _require(
         cfg.num_indicator_tokens is not None and cfg.num_indicator_tokens >= 1,

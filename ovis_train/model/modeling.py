@@ -5,6 +5,10 @@ swapping small modules (state-dict names stay transformers' own, so native expor
   runs in fp32; the VET casts the probabilities back to its own dtype;
 - `connector="mlp"`: the 2-layer projector ablation. The Ovis2 head gets zero width, the VET keeps only
   the indicator rows, and `vision_tower.projector` maps the merged ViT features to LLM embeddings;
+- `tokenize_function="gelu"` (vision config): the softmax ablation. Same head, LayerNorm and width-K
+  table, GELU in place of the softmax, so `gelu(LayerNorm(head(x))) @ VET` is an MLP with a K-wide
+  hidden layer and the same parameter count as the VET (plain transformers cannot run it: load with
+  `load_model`);
 - plugged vision backbones (SigLIP, SigLIP2, CLIP, timm) replace `vision_tower.transformer`;
 - a forward without images still touches every visual parameter with weight 0 (DDP / ZeRO need it), in
   training and in held-out scoring alike (ZeRO-3 gathers parameters in every forward: a rank whose eval
@@ -23,7 +27,11 @@ import warnings
 import torch
 from torch import nn
 from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2Model
-from transformers.models.ovis2.modeling_ovis2 import Ovis2VisualEmbeddingTable
+from transformers.models.ovis2.modeling_ovis2 import (
+    BaseModelOutputWithVisualIndicatorFeatures,
+    Ovis2VisionModel,
+    Ovis2VisualEmbeddingTable,
+)
 
 DEFAULT_OPTIONS = {"connector": "vet", "softmax_fp32": True, "backbone": None, "visual_chunk_size": None}
 
@@ -49,6 +57,18 @@ class VisualEmbeddingTable(Ovis2VisualEmbeddingTable):
         if visual_tokens.is_floating_point():
             visual_tokens = visual_tokens.to(self.weight.dtype)
         return super().forward(visual_tokens)
+
+
+class GeluVisionModel(Ovis2VisionModel):
+    """The vision tower with GELU where Ovis2 has its softmax: `pooler_output` holds the GELU weights the
+    VET multiplies (not probabilities; VET health reads their positive part)."""
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithVisualIndicatorFeatures:
+        from .chunked_visual import merge_hidden_stride
+
+        merged = merge_hidden_stride(self.transformer(pixel_values)[0], self.config.hidden_stride)
+        weights = nn.functional.gelu(self.head_norm(self.head_linear(merged)))
+        return BaseModelOutputWithVisualIndicatorFeatures(last_hidden_state=merged, pooler_output=weights)
 
 
 class ZeroWidthHead(nn.Module):
@@ -135,6 +155,8 @@ class OvisModel(Ovis2ForConditionalGeneration):
                 layer._torch_init_only = True
         elif options["softmax_fp32"]:
             _retype(tower.head_norm, Float32LayerNorm)
+        if options["connector"] == "vet" and config.vision_config.tokenize_function == "gelu":
+            _retype(tower, GeluVisionModel)
         _retype(self.model.visual_embeddings_table, VisualEmbeddingTable)
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):

@@ -1,5 +1,6 @@
-"""Hydra callback: after each multirun member, record how it ended in its run directory and rewrite
-the sweep summary; once more when the sweep ends. Registered in ``conf/config.yaml``::
+"""Hydra callback: as each multirun member starts, record its overrides in its run directory; as it
+ends, record how it ended and rewrite the sweep summary; once more when the sweep ends. Registered
+in ``conf/config.yaml``::
 
     hydra:
       callbacks:
@@ -9,7 +10,9 @@ the sweep summary; once more when the sweep ends. Registered in ``conf/config.ya
 Members that raise are recorded with their error and the sweep goes on (Hydra's basic launcher runs
 every member of a batch, then re-raises the first failure). Rewriting after every member keeps a
 summary even when a sweep is killed, and when Hydra never calls ``on_multirun_end`` (it does not
-after a failure). The callback never raises: a summary problem is logged, the sweep goes on.
+after a failure). The callback never raises: a summary problem is logged, the sweep goes on. A final
+summary with fewer rows than the sweep has members is kept in ``incomplete`` (module state: Hydra
+swallows callback errors), which ``python -m ovis_train`` turns into exit status 1.
 """
 
 from __future__ import annotations
@@ -21,12 +24,24 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
+from . import naming  # noqa: F401 - registers the ${ovis_sweep_member:} resolver in every process running members
 from .record import MemberRecord, one_line, write_record
 
 log = logging.getLogger(__name__)
+incomplete: list[str] = []  # problems of the sweeps this process ran (see the module docstring)
 
 
 class SweepSummary(Callback):
+    def on_job_start(self, config, **kwargs) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        try:
+            overrides = list(config.hydra.overrides.task)
+            write_record(config.hydra.runtime.output_dir,
+                         MemberRecord(overrides=overrides, job_num=int(config.hydra.job.num), status="started"))
+        except Exception:  # noqa: BLE001 - never take the sweep down with the record
+            log.exception("could not record the sweep member's start")
+
     def on_job_end(self, config, job_return, **kwargs) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
@@ -45,13 +60,16 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         try:
-            path = self._summarize(config.hydra.sweep.dir)
-            print(f"sweep summary: {path}", flush=True)
-        except Exception:  # noqa: BLE001
+            summary = self._summarize(config.hydra.sweep.dir)
+            print(f"sweep summary: {summary.path}", flush=True)
+            if summary.problem:
+                incomplete.append(summary.problem)
+        except Exception as e:  # noqa: BLE001
             log.exception("could not write the sweep summary")
+            incomplete.append(f"could not write the sweep summary: {one_line(e)}")
 
     @staticmethod
-    def _summarize(sweep_dir) -> Path:
+    def _summarize(sweep_dir):
         from .summarize import summarize  # matplotlib and friends only once there is something to plot
 
         return summarize(Path(str(sweep_dir)))

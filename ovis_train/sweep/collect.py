@@ -14,8 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from ovis_train.run import EXPORT_CONFIG_FILE, MULTIRUN_FILE, SWEEP_FILE, RunDir, is_export, is_run_dir
+from ovis_train.run import EXPORT_CONFIG_FILE, RunDir, is_export, is_run_dir
 
+from .naming import expand_members, swept_keys_of, sweep_overrides
 from .record import MemberRecord, read_record
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class Member:
 
     @property
     def ok(self) -> bool:
-        return self.record.status != "failed"
+        """Finished: a row of numbers. Failed or unfinished members are listed with their reason."""
+        return self.record.status not in ("failed", "started")
 
 
 def final_values(rows: list[dict]) -> dict:
@@ -78,17 +80,18 @@ def read_member(path: str | Path) -> Member:
                     curves={key: curve(rows, key) for key in ("loss", "eval/loss")})
     member.connector, member.visual_vocab_size = _architecture(path)
     member.connector_params = connector_parameters(RunDir(path).export)
-    if record.status == "unknown":  # no callback record: judge by what the run left
-        if RunDir(path).export.is_dir():
-            record.status = "completed"
-        elif not rows:
-            record.status, record.error = "failed", "no metrics logged (failed or never started)"
+    if record.status in ("unknown", "started") and RunDir(path).export.is_dir():
+        record.status = "completed"  # no end recorded (summary made by hand, callback lost): the export says
+    elif record.status == "started":
+        record.error = record.error or "did not finish (still running, or stopped before its end)"
+    elif record.status == "unknown" and not rows:
+        record.status, record.error = "failed", "no metrics logged (failed or never started)"
     return member
 
 
 def _overrides_from_name(name: str) -> list[str]:
-    """Hydra names member directories ``k1=v1,k2=v2`` (hydra.job.override_dirname): split it back,
-    gluing pieces without "=" to the previous one (values that held commas)."""
+    """Members are named ``k1=v1,k2=v2`` (naming.py; older sweeps: hydra.job.override_dirname): split
+    it back, gluing pieces without "=" to the previous one (values that held commas)."""
     parts: list[str] = []
     for piece in name.split(","):
         if "=" in piece or not parts:
@@ -136,23 +139,23 @@ def connector_parameters(export_dir: Path) -> int | None:
 
 
 def swept_keys(sweep_dir: str | Path) -> list[str]:
-    """The keys the sweep varies (``k=a,b``, ``range(...)``, ...), from Hydra's ``multirun.yaml`` or the
-    ``sweep.yaml`` that ``ovis_train.sweep.launch`` writes; [] when neither is there."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    sweep_dir = Path(sweep_dir)
-    if (sweep_dir / MULTIRUN_FILE).is_file():
-        hydra = (yaml.safe_load((sweep_dir / MULTIRUN_FILE).read_text()) or {}).get("hydra", {})
-        overrides = hydra.get("overrides", {}).get("task", [])
-    elif (sweep_dir / SWEEP_FILE).is_file():
-        overrides = (yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()) or {}).get("overrides", [])
-    else:
-        return []
+    """The keys the sweep varies, from its recorded overrides (``naming.sweep_overrides``); [] when
+    nothing is recorded or the overrides do not parse."""
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        return swept_keys_of(sweep_overrides(sweep_dir) or [])
     except Exception:  # noqa: BLE001 - labels fall back to what differs between members
         return []
-    return [o.get_key_element() for o in parsed if o.is_sweep_override()]
+
+
+def expected_members(sweep_dir: str | Path) -> int | None:
+    """How many members the recorded sweep has (None: no record, or a sweep only its sweeper can expand)."""
+    overrides = sweep_overrides(sweep_dir)
+    if overrides is None:
+        return None
+    try:
+        return len(expand_members(overrides))
+    except Exception:  # noqa: BLE001 - e.g. interval() sweeps: only an optimizing sweeper expands them
+        return None
 
 
 def read_sweep(sweep_dir: str | Path) -> list[Member]:

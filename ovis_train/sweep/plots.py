@@ -33,12 +33,25 @@ def loss_curves(members: list[Member], labels: dict[str, str], path: Path) -> Pa
     return path
 
 
-def heldout_vs_k(members: list[Member], labels: dict[str, str], path: Path) -> Path:
-    """Held-out accuracy and loss against K when members differ in K, else one bar per member."""
+def heldout_vs_k(members: list[Member], labels: dict[str, str], path: Path, groups=None) -> Path:
+    """Held-out accuracy and loss against K when members differ in K, else one bar per member; with
+    seed ``groups`` (seeds.py), one bar per group: the mean, with the std as error bar."""
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
     by_k = len({m.visual_vocab_size for m in members if m.visual_vocab_size}) > 1
     panels = (("eval_caption_accuracy", "held-out caption accuracy"), ("eval_loss", "held-out loss"))
+    if groups is not None:
+        for ax, (column, name) in zip(axes, panels):
+            stats = [(g, g.stats(column)) for g in groups if g.stats(column) is not None]
+            ax.bar(range(len(stats)), [s[0] for _, s in stats], yerr=[s[1] or 0 for _, s in stats], capsize=4,
+                   color=[f"C{i % 10}" for i in range(len(stats))])
+            ax.set_xticks(range(len(stats)), [_short(g.label or "all") for g, _ in stats], rotation=20, ha="right",
+                          fontsize=7)
+            ax.set_title(f"{name} (mean ± std over seeds)")
+            if not stats:
+                ax.set_axis_off()
+        fig.savefig(path, dpi=100)
+        return path
     for ax, (column, name) in zip(axes, panels):
         points = [(m, m.values[column]) for m in members if m.values.get(column) is not None]
         if by_k:

@@ -1,6 +1,7 @@
 """A sweep member's own record, ``<member run dir>/sweep_member.json``: its overrides, its job number,
-and how it ended (completed, or failed with the error). Written by the Hydra callback as the member
-ends, so a failed member whose run directory holds nothing else is still reported."""
+and how it ended (completed, or failed with the error). Written as the member starts (status started)
+and again as it ends, so a member that failed or was stopped before writing anything else is still
+reported, with every override it was given."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from ovis_train.run import RunDir
 class MemberRecord:
     overrides: list[str] = field(default_factory=list)
     job_num: int | None = None
-    status: str = "unknown"  # completed | failed | unknown (no record: e.g. a summary made by hand)
+    # started (written as the member starts: a member stopped midway is still found) | completed | failed |
+    # unknown (no record: e.g. a summary made by hand)
+    status: str = "unknown"
     error: str | None = None  # "ExceptionType: message" on one line
 
 

@@ -60,12 +60,18 @@ def _cell(value, fmt: str) -> str:
     return fmt.format(value)
 
 
-def markdown(members: list[Member], title: str, figures: list[Path], labels: dict[str, str], shared: list[str]) -> str:
-    """``labels``: member name -> what tells it apart; ``shared``: the overrides all members have."""
+def markdown(members: list[Member], title: str, figures: list[Path], labels: dict[str, str], shared: list[str],
+             problem: str | None = None, extra: list[str] = ()) -> str:
+    """``labels``: member name -> what tells it apart; ``shared``: the overrides all members have;
+    ``problem``: a line saying the summary is incomplete; ``extra``: lines after the member table."""
     ok = [m for m in members if m.ok]
-    failed = [m for m in members if not m.ok]
-    lines = [f"# Sweep summary: {title}", "",
-             f"{len(members)} members: {len(ok)} completed, {len(failed)} failed."]
+    failed = [m for m in members if not m.ok and m.record.status == "failed"]
+    unfinished = [m for m in members if not m.ok and m.record.status != "failed"]
+    lines = [f"# Sweep summary: {title}", ""]
+    if problem:
+        lines += [f"**Incomplete: {problem}.**", ""]
+    lines.append(f"{len(members)} members: {len(ok)} completed, {len(failed)} failed"
+                 + (f", {len(unfinished)} unfinished." if unfinished else "."))
     if shared:
         lines.append("Shared overrides: " + " ".join(f"`{o}`" for o in shared))
     lines += ["", "| member | K | connector | connector params | "
@@ -75,9 +81,11 @@ def markdown(members: list[Member], title: str, figures: list[Path], labels: dic
         numbers = " | ".join(_cell(m.values.get(c), fmt) for c, _, fmt in NUMBER_COLUMNS)
         lines.append(f"| `{labels[m.name]}` | {_cell(m.visual_vocab_size, '{:d}')} | "
                      f"{m.connector or '-'} | {_cell(m.connector_params, '{:,d}')} | {numbers} |")
-    if failed:
-        lines += ["", "## Failed members", ""]
-        lines += [f"- `{labels[m.name]}` ({m.name}): {m.record.error}" for m in failed]
+    if extra:
+        lines += ["", *extra]
+    if failed or unfinished:
+        lines += ["", "## Failed or unfinished members", ""]
+        lines += [f"- `{labels[m.name]}` ({m.name}): {m.record.status}: {m.record.error}" for m in failed + unfinished]
     lines += ["", "Final values of each member's metrics.jsonl (tokens/s: median over steps). VET rows top-1: share "
               "of the visual vocabulary that was some token's most probable row; w/ mass: rows that got at least 1% "
               "of a uniform share (last logging window). Connector params: visual head + VET (mlp: projector + "

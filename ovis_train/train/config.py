@@ -60,6 +60,8 @@ class TrainerConfig:
     answer_eval_samples: int = 0
     vet_health_every: int = 10  # window (steps) for visual-token entropy / VET row usage; 0: off
     export: bool = True  # save a from_pretrained folder (run_dir/export) at the end of the phase
+    # the device's dense bf16 peak in TFLOP/s for perf/mfu; null: from the known-device table (flops.py)
+    peak_tflops: float | None = None
 
 
 @dataclass
@@ -153,6 +155,7 @@ def validate(cfg: Config) -> None:
     _require(0 <= t.warmup_ratio <= 1, f"trainer.warmup_ratio={t.warmup_ratio}: must be in [0, 1]")
     _require(0 <= t.min_lr_ratio <= 1, f"trainer.min_lr_ratio={t.min_lr_ratio}: must be in [0, 1]")
     _require(len(t.betas) == 2, f"trainer.betas={t.betas}: give two numbers, e.g. [0.9, 0.999]")
+    _require(t.peak_tflops is None or t.peak_tflops > 0, f"trainer.peak_tflops={t.peak_tflops}: > 0 or null")
     for key in ("save_every", "eval_every", "vet_health_every", "caption_eval_samples", "answer_eval_samples"):
         _require(getattr(t, key) >= 0, f"trainer.{key}={getattr(t, key)}: must be >= 0")
     for key in ("caption_eval_samples", "answer_eval_samples"):

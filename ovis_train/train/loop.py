@@ -32,6 +32,7 @@ from ovis_train.train.distributed import (
 )
 from ovis_train.train.errors import ConfigError
 from ovis_train.train.evaluation import answer_accuracy, caption_accuracy, first_batches, loss_sums
+from ovis_train.train.flops import FlopCounter, peak_tflops, perf_metrics
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
@@ -52,6 +53,7 @@ def train(cfg: Config) -> Path:
     plan.apply()
     if t.grad_checkpointing:  # non-reentrant: gradients flow even when the first layers are frozen
         bundle.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    flop_counter = FlopCounter(bundle.model)  # reads the freeze mask; before any wrapper shards the weights
 
     with accelerator_session(cfg) as accelerator:  # released even on errors (sweeps run members in-process)
         if accelerator.device.type == "cuda":  # memory/peak_gb: this phase's peak, not an earlier sweep member's
@@ -76,6 +78,7 @@ def train(cfg: Config) -> Path:
 
         logger = RunLogger(accelerator, cfg, run_dir, state.step, _config_dict(config_yaml))
         health = VetHealth(bundle.model)
+        peak = _peak_tflops(accelerator.device, t.peak_tflops)
         trainable = [p for group in plan.trainable_groups for p in group.params]
         batches = iter(stream)
         last_step = min(t.max_steps, t.stop_at_step or t.max_steps)
@@ -100,7 +103,8 @@ def train(cfg: Config) -> Path:
             metrics = {"loss": loss, "grad_norm": grad_norm, **lrs, "step_seconds": seconds,
                        "data_wait": data_wait / seconds, "tokens_per_s": seen.tokens / seconds,
                        "images_per_s": seen.images / seconds,
-                       "memory/peak_gb": peak_memory_gb(accelerator.device)}
+                       "memory/peak_gb": peak_memory_gb(accelerator.device),
+                       **perf_metrics(flop_counter.total(micro_batches), seconds, peak)}
             if t.vet_health_every and state.step % t.vet_health_every == 0:
                 metrics.update(health.summary(accelerator, _visual_vocab(bundle.model)))
             if t.eval_every and state.step % t.eval_every == 0:
@@ -201,6 +205,14 @@ def _generation_scores(accelerator, cfg: Config, bundle) -> dict:
         bundle.model.train()
     accelerator.wait_for_everyone()
     return scores
+
+
+def _peak_tflops(device, override: float | None) -> float | None:
+    peak = peak_tflops(device, override)
+    if peak is None and device.type == "cuda":
+        log.warning("no dense bf16 peak known for %s: set trainer.peak_tflops=<TFLOP/s> to log perf/mfu",
+                    torch.cuda.get_device_name(device))
+    return peak
 
 
 def _lrs(optimizer) -> dict:

@@ -39,7 +39,12 @@ class RunLogger:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
         self.accelerator.log(metrics, step=step)
         if "loss" in metrics:
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+            shown = {"loss": f"{metrics['loss']:.4f}"}
+            if "perf/tflops" in metrics:
+                shown["tflops"] = f"{metrics['perf/tflops']:.3g}"
+            if "perf/mfu" in metrics:
+                shown["mfu"] = f"{metrics['perf/mfu']:.1%}"
+            self.bar.set_postfix(shown, refresh=False)
         self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
@@ -68,10 +73,12 @@ class VetHealth:
     reached 1% of a uniform share). A forward hook on the vision tower reads its ``pooler_output``
     (the probabilities, before the model turns them into VET embeddings); the chunked visual path
     (``model.visual_chunk_size``) never runs the tower's forward and hands each chunk's
-    probabilities to the tower's ``visual_probs_observer`` instead."""
+    probabilities to the tower's ``visual_probs_observer`` instead. With GELU in place of the softmax
+    (model.tokenize_function=gelu) it reads each token's positive GELU weights, normalised to sum 1."""
 
     def __init__(self, model):
         self.collecting = False
+        self._weights = model.config.vision_config.tokenize_function == "gelu"
         self._reset()
         self._tower = model.model.vision_tower
         self._hook = self._tower.register_forward_hook(self._record)
@@ -88,6 +95,9 @@ class VetHealth:
         if not self.collecting or probs is None or probs.shape[-1] == 0:  # mlp connector: no visual vocabulary
             return
         p = probs.detach().float().reshape(-1, probs.shape[-1])
+        if self._weights:
+            p = p.clamp_min(0)
+            p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
         self.entropy_sum += float(-(p * p.clamp_min(1e-30).log()).sum())
         self.tokens += p.shape[0]
         top1 = torch.bincount(p.argmax(-1), minlength=p.shape[-1]).double()
