@@ -35,7 +35,7 @@ from ovis_train.train.distributed import (
     gathered_parameters,
 )
 from ovis_train.train.errors import Diverged, Stopped
-from ovis_train.train.evaluation import caption_accuracy, first_batches, loss_sums
+from ovis_train.train.evaluation import answer_accuracy, caption_accuracy, first_batches, loss_sums
 from ovis_train.train.flops import FlopCounter, peak_tflops, perf_metrics
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.guard import StepGuard, require_finite
@@ -150,8 +150,8 @@ def _train(cfg: Config, stop: StopSignals) -> Path:
                 last_checkpoint = save()
                 saved_step = state.step
 
-        if t.caption_eval_samples and stopped_at is None:
-            logger.log(state.step, {"eval/caption_accuracy": _caption_accuracy(accelerator, cfg, bundle)})
+        if (t.caption_eval_samples or t.answer_eval_samples) and stopped_at is None:
+            logger.log(state.step, _generation_scores(accelerator, cfg, bundle))
         if saved_step != state.step:
             last_checkpoint = save()
         if t.export and stopped_at is None and (state.step >= t.max_steps or data_ended):
@@ -259,21 +259,29 @@ def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
     return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
 
 
-def _caption_accuracy(accelerator, cfg: Config, bundle) -> float:
-    """Exact-match accuracy of greedy captions of the first held-out images, on the main process while
-    the others wait. Not under ZeRO-3: generation needs whole weights on one rank."""
+def _generation_scores(accelerator, cfg: Config, bundle) -> dict:
+    """Exact-match accuracy of greedy captions / answers on the first held-out samples, on the main
+    process while the others wait (they log NaN). Not under ZeRO-3: generation needs whole weights on one rank."""
+    t = cfg.trainer
+    scores = {f"eval/{name}_accuracy": float("nan")
+              for name, n in (("caption", t.caption_eval_samples), ("answer", t.answer_eval_samples)) if n}
     zero_stage = cfg.distributed.deepspeed.get("zero_optimization", {}).get("stage")
     if cfg.distributed.strategy == "deepspeed" and zero_stage == 3:
-        log.warning("trainer.caption_eval_samples is skipped under ZeRO-3; evaluate the export instead")
-        return float("nan")
-    accuracy = float("nan")
+        log.warning("trainer.caption_eval_samples / answer_eval_samples are skipped under ZeRO-3; evaluate the "
+                    "export instead")
+        return scores
     if accelerator.is_main_process:
-        prompt = cfg.data.sources[0].template  # the captions' own template (the stream refused an empty list)
-        score = caption_accuracy(bundle, cfg.data.eval_urls, limit=cfg.trainer.caption_eval_samples, prompt=prompt)
-        accuracy = score.accuracy
+        if t.caption_eval_samples:
+            prompt = cfg.data.sources[0].template  # the captions' own template (the stream refused an empty list)
+            scores["eval/caption_accuracy"] = caption_accuracy(
+                bundle, cfg.data.eval_urls, limit=t.caption_eval_samples, prompt=prompt).accuracy
+        if t.answer_eval_samples:
+            answers = answer_accuracy(bundle, cfg.data.eval_urls, limit=t.answer_eval_samples)
+            scores["eval/answer_accuracy"] = answers.accuracy
+            scores.update({f"eval/answer_accuracy/{kind}": k.accuracy for kind, k in answers.per_kind.items() if kind})
         bundle.model.train()
     accelerator.wait_for_everyone()
-    return accuracy
+    return scores
 
 
 def _peak_tflops(device, override: float | None) -> float | None:
