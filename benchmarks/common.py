@@ -159,10 +159,12 @@ def build_phase(cfg):
     """Model with the phase's freeze mask applied, its optimizer and scheduler: what the trainer builds."""
     from ovis_train.model import build_model, model_components
     from ovis_train.train.freeze import resolve_freeze
+    from ovis_train.train.lora import apply_lora
     from ovis_train.train.optim import build_optimizer, build_scheduler
 
     torch.manual_seed(cfg.trainer.seed)
     bundle = build_model(cfg.model)
+    apply_lora(bundle.model, cfg)  # LoRA rules (p2_lora): adapters before the freeze rules, as in the trainer
     plan = resolve_freeze(bundle.model, cfg.phase.rules, model_components(bundle.model), cfg.trainer.lr,
                           cfg.trainer.weight_decay)
     plan.apply()

@@ -18,4 +18,7 @@ if [[ "${1:-}" == "--tiny" ]]; then
   exec "$PYTHON" -m benchmarks.gpu_mfu --check --tiny --steps 1 --warmup 1 "$@"
 fi
 # rows run one process each; a row that has not finished in 100 s is reported as failed
-exec "$PYTHON" -m benchmarks.gpu_mfu --check --row-timeout 100 "$@"
+"$PYTHON" -m benchmarks.gpu_mfu --check --row-timeout 100 "$@"
+# sequence packing vs padding, real tokens/s on the length mix (needs the project's environment;
+# about a minute on one H100 / H200)
+"$PYTHON" -m benchmarks.packing --preset demo --bf16 --samples 96 || echo "benchmarks.packing failed (see above)"

@@ -1,5 +1,6 @@
-"""P1 (frozen LLM) vs P2 (everything trains) on the same model and batches: step time and peak memory
-(RSS above the built model on CPU, max_memory_allocated on GPU). Each phase runs in its own process.
+"""P1 (frozen LLM) vs P2 (everything trains) vs P2 with LoRA on the LLM (p2_lora) on the same model and
+batches: step time, peak memory (RSS above the built model on CPU, max_memory_allocated on GPU) and
+optimizer state size. Each phase runs in its own process.
 The phases' freeze rules and optimizer come from the trainer's own conf/phase/*.yaml; the step is
 the trainer's maths in a bare loop (benchmarks/trainer_overhead.py measures the loop's overhead).
 
@@ -46,8 +47,11 @@ def run_phase(preset: str, phase: str, steps: int, warmup: int, batch_size: int,
             bare_step(model, batch, optimizer, scheduler, cfg.trainer.clip, autocast=bf16)
             times.append(time.perf_counter() - start)
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / MiB
+    optimizer_state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                          if hasattr(t, "numel")) / MiB
     return {"step_s": statistics.median(times[warmup:]), "peak_mib": peak.mib, "process_peak_rss_mib": peak_rss_mib(),
-            "weights_mib": weights, "trainable": trainable, "total": sum(p.numel() for p in model.parameters())}
+            "weights_mib": weights, "optimizer_mib": optimizer_state, "trainable": trainable,
+            "total": sum(p.numel() for p in model.parameters())}
 
 
 def main(argv=None) -> None:
@@ -66,16 +70,20 @@ def main(argv=None) -> None:
     print(machine_line())
     print(f"# {args.preset} preset, batch {args.batch_size}, {steps} timed steps after {args.warmup} warm-up, "
           f"bf16={args.bf16}; peak = memory added by training over the built model")
-    results = {phase: run_isolated("benchmarks.p1_vs_p2", "run_phase", {**common, "phase": phase}) for phase in ("p2", "p1")}
+    results = {phase: run_isolated("benchmarks.p1_vs_p2", "run_phase", {**common, "phase": phase})
+               for phase in ("p2", "p2_lora", "p1")}
     rows = [{"phase": phase, "trainable params": r["trainable"], "of total": r["trainable"] / r["total"],
-             "step s": r["step_s"], "peak MiB (training)": r["peak_mib"], "weights MiB": r["weights_mib"],
+             "step s": r["step_s"], "peak MiB (training)": r["peak_mib"], "optimizer state MiB": r["optimizer_mib"],
+             "weights MiB": r["weights_mib"],
              "process peak RSS MiB": r["process_peak_rss_mib"]} for phase, r in results.items()]
     print()
     print_table(rows, list(rows[0]))
-    p1, p2 = results["p1"], results["p2"]
+    p1, p2, lora = results["p1"], results["p2"], results["p2_lora"]
     print(f"P1/P2 step time: {p1['step_s'] / p2['step_s']:.2f} (goal <= 0.7); "
           f"P1/P2 training memory: {p1['peak_mib'] / p2['peak_mib']:.2f} (goal <= 0.6); "
           f"P1/P2 process peak: {p1['process_peak_rss_mib'] / p2['process_peak_rss_mib']:.2f}")
+    print(f"LoRA/P2 step time: {lora['step_s'] / p2['step_s']:.2f}; training memory: "
+          f"{lora['peak_mib'] / p2['peak_mib']:.2f}; optimizer state: {lora['optimizer_mib'] / p2['optimizer_mib']:.3f}")
     print(machine_line())
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks import data_pipeline, gpu_mfu, p1_vs_p2, trainer_overhead, vet_cost
+from benchmarks import data_pipeline, gpu_mfu, p1_vs_p2, packing, trainer_overhead, vet_cost
 from benchmarks.common import REPO_ROOT, PeakMemory, run_isolated
 
 
@@ -74,7 +74,8 @@ def test_trainer_overhead_small(capsys):
 @pytest.mark.slow
 def test_p1_vs_p2_small(capsys):
     p1_vs_p2.main(["--steps", "2", "--warmup", "1", "--batch-size", "2"])
-    assert "P1/P2 step time" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "P1/P2 step time" in out and "LoRA/P2 step time" in out
 
 
 @pytest.mark.slow
@@ -96,3 +97,10 @@ def test_building_the_demo_preset_allocates_each_part_once():
     row = measure("demo")
     assert row["model_param_mib"] > 400  # SmolLM2-135M + EfficientNet-Lite0 in fp32: the real parts were built
     assert row["build_peak_mib"] <= row["bound_mib"], row
+
+
+@pytest.mark.slow
+def test_packing_small(capsys):
+    packing.main(["--samples", "12", "--max-length", "512", "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "| packed |" in out and "| padded |" in out and "packed / padded" in out

@@ -150,7 +150,7 @@ def test_mnist_style_builders_stream_with_the_model(tmp_path, name, size, captio
     assert batch["n_images"] == 16 and batch["pixel_values"].shape[-1] == 64
 
 
-@pytest.mark.parametrize("name", ["digits", "mnist-5k"])
+@pytest.mark.parametrize("name", ["digits", "mnist-5k", "mnist-5k-chat"])
 def test_builders_write_what_the_data_configs_read(tmp_path, monkeypatch, name):
     """One layout: make_shards <name> with no options writes exactly the shards conf/data/<name>.yaml names."""
     from ovis_train.train.config import compose

@@ -80,7 +80,7 @@ def test_help_is_ovis_trains_own():
 
     text = usage()
     defaults = compose([])
-    for line in ("  phase        demo_p1, demo_p2, p1*, p2, p3", "  model        demo, ovis2_1b, ovis2_2b, ovis2_5_2b, tiny*",
+    for line in ("  phase        demo_p1, demo_p2, demo_p2_lora, p1*, p2, p2_lora, p3, p3_lora", "  model        demo, ovis2_1b, ovis2_2b, ovis2_5_2b, tiny*",
                  f"  trainer.max_steps={defaults.trainer.max_steps} ", f"  data.batch_size={defaults.data.batch_size} ",
                  "  demo_p1      The offline demo's P1"):
         assert line in text

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ovis_train.train.errors import ConfigError
-from ovis_train.train.freeze import FreezeRule, resolve_freeze
+from ovis_train.train.freeze import FreezeRule, LoraSpec, resolve_freeze
 
 
 class Toy(nn.Module):
@@ -82,6 +82,12 @@ def test_tied_tensor_is_one_tensor_claimed_by_the_first_rule_naming_it():
          "never applies"),
         ([FreezeRule("vit", trainable=False, lr=1.0), FreezeRule("re:.*")], "is frozen but sets lr"),
         ([FreezeRule("re:(", trainable=True)], "invalid regex"),
+        ([FreezeRule("llm", lora=LoraSpec(targets=["layer"])), FreezeRule("re:.*")], "the model has no adapters"),
+        # tied lm_head / input embedding: rules naming the tensor by its two names must agree
+        ([FreezeRule("lm_head", trainable=True), FreezeRule("llm", trainable=False), FreezeRule("re:.*")],
+         "one tensor \\(tied\\): freeze rule #1 'lm_head' trains it, which would silently move what rule #2"),
+        ([FreezeRule("lm_head", trainable=False), FreezeRule("llm", trainable=True), FreezeRule("re:.*")],
+         "freezes it, which would silently freeze what rule #2 'llm' trains"),
         ([], "no freeze rules"),
     ],
 )

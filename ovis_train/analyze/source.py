@@ -9,6 +9,7 @@ from safetensors.torch import load_model as load_safetensors_into
 from ovis_train.model import ModelConfig, build_model, load_model
 from ovis_train.run import CONFIG_FILE, RunDir, checkpoint_weights, is_export
 from ovis_train.train.config import compose
+from ovis_train.train.lora import BASE_HASH_FILE
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -36,6 +37,9 @@ def load_bundle(path: str | Path):
             f"{path}: a checkpoint needs {CONFIG_FILE} and {weights.name} (a DeepSpeed checkpoint: analyse the "
             "run's export folder instead)"
         )
+    if (path / BASE_HASH_FILE).is_file():
+        raise FileNotFoundError(f"{path}: a LoRA run's checkpoint holds only what trains, not the frozen base; "
+                                "analyse the run's export folder (adapters merged) instead")
     bundle = build_model(ModelConfig.from_dict(run_config["model"]))
     _load_weights(bundle.model, weights)
     return bundle

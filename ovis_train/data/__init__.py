@@ -3,19 +3,19 @@
     stream = build_stream(DataConfig(sources=[SourceConfig(urls="shards/train-{000000..000059}.tar")]),
                           bundle, rank, world_size, split="train")
     for batch in stream:      # input_ids, attention_mask, labels, pixel_values (+ n_samples, n_images,
-        ...                   # keys: not model inputs)
+        ...                   # n_tokens, keys: not model inputs); packed: position_ids instead of attention_mask
     state = stream.state_dict()    # JSON-able, per rank; stream.load_state_dict(state) resumes exactly
     stream.bad_counts, stream.metrics()
 
 Modules: config (dataclasses), shards (URLs, tar reading), cursor (resumable position),
 decode (bytes -> RGB images + caption / conversation, bad-sample reasons), encode (a batch through one
 image-processor and one tokenizer call -> ids + labels, turn-level truncation),
-collate (padding), reader (one worker's pipeline), stream (workers, state, build_stream),
+collate (padding; packed rows), reader (one worker's pipeline), stream (workers, state, build_stream),
 writer / synthetic / inputs (formats, held-out split) / offline_datasets / make_shards (making shards).
 The resume guarantee is documented in ``stream.py``.
 """
 
-from .collate import NoSupervisedTokens, collate
+from .collate import NoSupervisedTokens, collate, collate_packed
 from .config import DataConfig, SourceConfig
 from .decode import BadSample
 from .encode import IGNORE_INDEX
@@ -24,4 +24,4 @@ from .synthetic import write_synthetic_shards
 from .writer import write_shards
 
 __all__ = ["DataConfig", "SourceConfig", "DataStream", "build_stream", "write_synthetic_shards", "write_shards",
-           "collate", "NoSupervisedTokens", "BadSample", "IGNORE_INDEX"]
+           "collate", "collate_packed", "NoSupervisedTokens", "BadSample", "IGNORE_INDEX"]

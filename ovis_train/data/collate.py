@@ -1,4 +1,12 @@
-"""Encoded samples -> one padded batch of tensors the model's forward takes."""
+"""Encoded samples -> one padded batch of tensors the model's forward takes.
+
+``collate`` puts one sample per row, padded to the longest, with an attention mask. ``collate_packed``
+puts several samples per row (packing): their tokens back to back, ``position_ids`` restarting at 0 at
+every sample and no attention mask. transformers detects packed rows from exactly that (position ids
+that restart, no mask, no cache) and gives every sample its own causal mask, so no sample sees another.
+The first label of each sample is ignored: in a packed row it would be the target of the previous
+sample's last token (unpacked, a row's first label is never a target anyway).
+Both report the real (non-padding) token count as ``n_tokens`` and the sample count as ``n_samples``."""
 
 from __future__ import annotations
 
@@ -35,7 +43,41 @@ def collate(samples: list[EncodedSample], pad_token_id: int, padding_side: str, 
     image_inputs = [inputs for sample in samples for inputs in sample.image_inputs]
     for key in image_inputs[0] if image_inputs else ():
         batch[key] = torch.cat([inputs[key] for inputs in image_inputs])
-    batch.update(n_samples=len(samples), n_images=len(image_inputs), keys=list(keys or []))
+    batch.update(n_samples=len(samples), n_images=len(image_inputs), n_tokens=int(attention_mask.sum()),
+                 keys=list(keys or []))
+    return batch
+
+
+def collate_packed(rows: list[list[EncodedSample]], pad_token_id: int, keys: list[str] | None = None) -> dict:
+    """Packed rows (each a list of samples) -> input_ids, labels, position_ids (no attention_mask), image
+    tensors in token order, and counts n_samples, n_images, n_tokens (real tokens), keys. Rows are right-padded
+    to the longest row; padding continues the last sample's positions, so it forms no sample of its own and,
+    coming last under a causal mask, is seen by nothing real."""
+    length = max(sum(len(s.input_ids) for s in row) for row in rows)
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for sample in row:
+            n = len(sample.input_ids)
+            input_ids[r, start: start + n] = torch.tensor(sample.input_ids, dtype=torch.long)
+            labels[r, start + 1: start + n] = torch.tensor(sample.labels[1:], dtype=torch.long)
+            position_ids[r, start: start + n] = torch.arange(n)
+            start += n
+        position_ids[r, start:] = torch.arange(length - start) + (int(position_ids[r, start - 1]) + 1)
+    samples = [sample for row in rows for sample in row]
+    if int((labels != IGNORE_INDEX).sum()) == 0:
+        raise NoSupervisedTokens(
+            f"batch of {len(samples)} packed samples{_named(keys)} has no supervised token (every label is -100): "
+            "the loss would be a silent zero; check the captions/assistant turns and data.max_length"
+        )
+    batch = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+    image_inputs = [inputs for sample in samples for inputs in sample.image_inputs]
+    for key in image_inputs[0] if image_inputs else ():
+        batch[key] = torch.cat([inputs[key] for inputs in image_inputs])
+    batch.update(n_samples=len(samples), n_images=len(image_inputs),
+                 n_tokens=sum(len(s.input_ids) for s in samples), keys=list(keys or []))
     return batch
 
 

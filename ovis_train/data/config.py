@@ -81,6 +81,10 @@ class DataConfig:
     max_visual_tokens_per_sample: int | None = None
     max_image_pixels: int = 64_000_000  # larger images are skipped (decompression bomb guard; PIL itself
     # refuses more than 2 x PIL.Image.MAX_IMAGE_PIXELS, ~179M, whatever this says)
+    # sequence packing (train split only): several samples per row, each attending only to itself
+    packing: bool = False
+    pack_length: int | None = None  # tokens per packed row; None = max_length (must be >= max_length)
+    pack_buffer: int = 64  # look-ahead samples a reader packs from (its saved state holds <= this many)
     prefetch_factor: int = 2
     pin_memory: bool = False
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -98,6 +102,11 @@ class DataConfig:
         for name, low in (("batch_size", 1), ("max_length", 1), ("num_workers", 0), ("max_images_per_sample", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.packing and self.pack_length is not None and self.pack_length < self.max_length:
+            raise ConfigError(f"data.pack_length={self.pack_length} is below data.max_length={self.max_length}: "
+                              "a full-length sample would not fit a row; raise pack_length or leave it null")
+        if self.packing and self.pack_buffer < 1:
+            raise ConfigError(f"data.pack_buffer must be >= 1, got {self.pack_buffer}")
         if self.max_visual_tokens_per_sample is not None and self.max_visual_tokens_per_sample < 1:
             raise ConfigError(f"data.max_visual_tokens_per_sample must be >= 1 or null, got "
                               f"{self.max_visual_tokens_per_sample}")

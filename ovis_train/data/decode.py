@@ -51,6 +51,7 @@ class DecodedSample:
     media: list[tuple[str, int]] = field(default_factory=list)  # per marker: ("image", 1) or ("video", n frames)
     caption: str | None = None
     conversation: list[dict] | None = None  # turns as stored: {"from", "value"} or {"role", "content"}
+    kind: str | None = None  # a conversation's optional "kind" (held-out answers are scored per kind)
     converted_from: list[str] = field(default_factory=list)  # original PIL modes of unusual images (CMYK, P, ...)
 
     @property
@@ -69,6 +70,7 @@ def decode_sample(raw: dict, max_pixels: int, draft_size: int | None, max_images
             if not isinstance(turns, list):
                 raise BadSample("invalid_json", "conversations/messages is not a list")
             sample.conversation = turns
+            sample.kind = str(meta["kind"]) if "kind" in meta else None
         elif "caption" not in meta:
             raise BadSample("missing_caption", 'json has none of "caption", "conversations", "messages"')
         else:

@@ -6,6 +6,7 @@
     python -m ovis_train.data.make_shards table    captions.jsonl|csv --out data/shards/mine
     python -m ovis_train.data.make_shards hf       SAVED_DATASET_DIR --split train --out data/shards/mine
     python -m ovis_train.data.make_shards fashion-mnist|mnist-5k|digits
+    python -m ovis_train.data.make_shards fashion-mnist-chat|mnist-5k-chat   (the demo's P3 conversations)
 
 Formats and the written layout: see ``inputs.py``. With ``--heldout N`` (a count, or a fraction below 1)
 the samples are split (seeded, ``--seed``) into ``<prefix>-*.tar`` and ``heldout-*.tar`` (use the latter
@@ -25,10 +26,16 @@ import sys
 
 from .inputs import (Skipped, folder_records, hf_records, marker_mismatches, materialise, messages_records,
                      ovis_records, parse_heldout, split_heldout, table_records)
-from .offline_datasets import BUILDERS, SAMPLES_PER_SHARD, shards_dir
+from .instructions import BUILDERS as INSTRUCTION_BUILDERS
+from .instructions import SAMPLES_PER_SHARD as INSTRUCTION_SHARDS
+from .offline_datasets import BUILDERS as DATASET_BUILDERS
+from .offline_datasets import SAMPLES_PER_SHARD as DATASET_SHARDS
+from .offline_datasets import shards_dir
 from .writer import write_shards
 
 FORMATS = ("ovis", "messages", "folder", "table", "hf")
+BUILDERS = {**DATASET_BUILDERS, **INSTRUCTION_BUILDERS}
+SAMPLES_PER_SHARD = {**DATASET_SHARDS, **INSTRUCTION_SHARDS}
 HELDOUT_PREFIX = "heldout"
 
 

@@ -20,7 +20,8 @@ have run dry, DataLoader's interleaving of the rest is not reproduced; the sampl
 Changing world size, worker count, seed, shuffle settings or the shard lists changes which reader
 owns which shard, so positions cannot carry over: the stream then logs a warning and starts the
 epoch after the furthest one recorded, per source (no sample of the new epoch is repeated or
-skipped; the rest of the interrupted epoch is skipped). Batch size may change freely.
+skipped; the rest of the interrupted epoch is skipped). Batch size may change freely, and so may packing
+(a packing reader's state also holds its look-ahead buffer; see ``reader.py``).
 """
 
 from __future__ import annotations
@@ -189,6 +190,9 @@ def build_stream(cfg: DataConfig, bundle, rank: int = 0, world_size: int = 1, sp
         max_image_pixels=cfg.max_image_pixels, max_images=cfg.max_images_per_sample, draft_size=draft_size(processor),
         max_bad_fraction=cfg.max_bad_fraction, bad_check_min_samples=cfg.bad_check_min_samples,
         video=frame_sampler(cfg, processor, train),
+        # held-out evaluation never packs: its loss must not depend on packing, and generation cannot isolate
+        pack_length=(cfg.pack_length or cfg.max_length) if cfg.packing and train else None,
+        pack_buffer=cfg.pack_buffer,
     )
     # what decides which reader reads which sample: a saved position is only valid when it is unchanged
     layout = [[urls for urls, _, _ in expanded], cfg.seed, spec.shuffle, spec.block_size]

@@ -57,6 +57,9 @@ class TrainerConfig:
     eval_batches: int = 8  # batches per rank per evaluation
     # held-out images greedy-captioned at the end of the phase (eval/caption_accuracy, exact match); 0: off
     caption_eval_samples: int = 0
+    # held-out conversations answered greedily at the end of the phase (eval/answer_accuracy and
+    # eval/answer_accuracy/<kind>, normalised exact match of the final assistant turn); 0: off
+    answer_eval_samples: int = 0
     vet_health_every: int = 10  # window (steps) for visual-token entropy / VET row usage; 0: off
     export: bool = True  # save a from_pretrained folder (run_dir/export) at the end of the phase
     # on resume, a changed max_steps / warmup_ratio / min_lr_ratio rebuilds the lr schedule (else refused)
@@ -160,13 +163,13 @@ def validate(cfg: Config) -> None:
     _require(t.max_nonfinite_steps >= 1, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps}: must be >= 1")
     _require(len(t.betas) == 2, f"trainer.betas={t.betas}: give two numbers, e.g. [0.9, 0.999]")
     _require(t.peak_tflops is None or t.peak_tflops > 0, f"trainer.peak_tflops={t.peak_tflops}: > 0 or null")
-    for key in ("save_every", "eval_every", "vet_health_every", "caption_eval_samples"):
+    for key in ("save_every", "eval_every", "vet_health_every", "caption_eval_samples", "answer_eval_samples"):
         _require(getattr(t, key) >= 0, f"trainer.{key}={getattr(t, key)}: must be >= 0")
-    _require(
-        t.caption_eval_samples == 0 or cfg.data.eval_urls,
-        f"trainer.caption_eval_samples={t.caption_eval_samples} needs held-out shards: set data.eval_urls "
-        "or trainer.caption_eval_samples=0",
-    )
+    for key in ("caption_eval_samples", "answer_eval_samples"):
+        _require(
+            getattr(t, key) == 0 or cfg.data.eval_urls,
+            f"trainer.{key}={getattr(t, key)} needs held-out shards: set data.eval_urls or trainer.{key}=0",
+        )
     _require(
         t.eval_every == 0 or cfg.data.eval_urls,
         f"trainer.eval_every={t.eval_every} needs held-out shards: set data.eval_urls or trainer.eval_every=0",
@@ -179,6 +182,10 @@ def validate(cfg: Config) -> None:
     _require(cfg.existing_run in ("refuse", "move_aside"),
              f"existing_run={cfg.existing_run!r}: choose refuse or move_aside")
     _check_run_dir(cfg.run_dir)
+
+    from ovis_train.train.lora import check_lora_rules
+
+    check_lora_rules(cfg)  # lora: settings and ZeRO-3
 
 
 def _check_run_dir(run_dir: str) -> None:

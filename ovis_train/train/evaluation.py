@@ -6,20 +6,28 @@
 - ``first_batches(stream, n)``: the first batches of a (held-out) stream;
 - ``heldout_loss(bundle, urls, ...)``: the loss over the first ``limit`` samples of some shards;
 - ``caption_accuracy(bundle, urls, ...)``: exact-match accuracy of greedy captions (stripped of
-  surrounding whitespace, case-sensitive), the figure the demo and the sweeps report.
+  surrounding whitespace, case-sensitive), the figure the demo and the sweeps report;
+- ``answer_accuracy(bundle, urls, ...)``: held-out conversations answered greedily from everything
+  before their final assistant turn, exact match after ``normalize_answer`` (case, punctuation and the
+  articles a / an / the do not count), overall and per the samples' ``kind``. ``heldout_loss`` on the
+  same shards is the loss per assistant token (conversations are supervised on assistant turns only).
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
 from ovis_train.data import DataConfig, SourceConfig, build_stream
+from ovis_train.data.decode import BadSample
+from ovis_train.data.encode import conversation_messages
 from ovis_train.data.heldout import heldout_samples
-from ovis_train.model.caption import DEFAULT_PROMPT, caption
+from ovis_train.model.caption import DEFAULT_PROMPT, caption, chat
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 
 
@@ -78,3 +86,64 @@ def caption_accuracy(bundle, urls, limit: int = 200, prompt: str = DEFAULT_PROMP
             hits += text.strip() == sample.caption.strip()
             examples.append((sample.key, sample.caption, text))
     return CaptionScore(accuracy=hits / len(samples), n=len(samples), examples=examples, bad_counts=dict(bad))
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans(string.punctuation, " " * len(string.punctuation))
+
+
+def normalize_answer(text: str) -> str:
+    """``"The second."`` -> ``"second"``: lower case, punctuation as spaces, articles dropped, spaces collapsed."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+
+
+@dataclass
+class KindScore:
+    accuracy: float
+    n: int
+    majority: float  # accuracy of always giving the kind's most common (normalised) reference answer
+
+
+@dataclass
+class AnswerScore:
+    accuracy: float
+    n: int
+    per_kind: dict[str, KindScore]  # samples without a "kind" count under ""
+    examples: list[tuple[str, str, str]]  # (key, reference, generated)
+    bad_counts: dict[str, int] = field(default_factory=dict)
+
+
+def answer_accuracy(bundle, urls, limit: int = 200, batch_size: int = 16, max_new_tokens: int = 16) -> AnswerScore:
+    """Exact-match accuracy (normalised) of greedy answers to the final assistant turn of the first
+    ``limit`` held-out conversations; a conversation not ending with an assistant turn counts as
+    ``no_final_answer``."""
+    bad = Counter()
+    prompts = []  # (sample, messages before the final answer, reference answer)
+    for sample in heldout_samples(urls, limit, bad, conversations=True):
+        try:
+            messages = conversation_messages(sample)
+        except BadSample as reason:
+            bad[reason.reason] += 1
+            continue
+        if not messages or messages[-1]["role"] != "assistant":
+            bad["no_final_answer"] += 1
+            continue
+        prompts.append((sample, messages[:-1], messages[-1]["content"]))
+    if not prompts:
+        raise ValueError(f"no decodable held-out conversation ending with an answer in {urls!r} (skipped: {dict(bad)})")
+    hits, examples, by_kind = 0, [], {}
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        answers = chat(bundle, [m for _, m, _ in chunk], [s.images for s, _, _ in chunk], max_new_tokens=max_new_tokens)
+        for (sample, _, reference), answer in zip(chunk, answers):
+            hit = normalize_answer(answer) == normalize_answer(reference)
+            hits += hit
+            by_kind.setdefault(sample.kind or "", []).append((hit, normalize_answer(reference)))
+            examples.append((sample.key, reference, answer))
+    per_kind = {}
+    for kind, results in sorted(by_kind.items()):
+        references = Counter(reference for _, reference in results)
+        per_kind[kind] = KindScore(accuracy=sum(hit for hit, _ in results) / len(results), n=len(results),
+                                   majority=references.most_common(1)[0][1] / len(results))
+    return AnswerScore(accuracy=hits / len(prompts), n=len(prompts), per_kind=per_kind, examples=examples,
+                       bad_counts=dict(bad))

@@ -39,10 +39,11 @@ from ovis_train.train.distributed import (
     single_process_notice,
 )
 from ovis_train.train.errors import ConfigError, Diverged, Stopped, disk_full
-from ovis_train.train.evaluation import caption_accuracy, first_batches, loss_sums
+from ovis_train.train.evaluation import answer_accuracy, caption_accuracy, first_batches, loss_sums
 from ovis_train.train.flops import FlopCounter, peak_tflops, perf_metrics
 from ovis_train.train.freeze import resolve_freeze
 from ovis_train.train.guard import StepGuard, require_finite
+from ovis_train.train.lora import apply_lora
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
 from ovis_train.train.optim import build_optimizer, build_scheduler
@@ -65,6 +66,7 @@ def _train(cfg: Config, stop: StopSignals) -> Path:
     t = cfg.trainer
     set_seed(t.seed)  # same initial weights on every rank
     bundle = _build_bundle(cfg)
+    lora = apply_lora(bundle.model, cfg)  # None without LoRA rules; adapters are parameters the rules resolve
     plan = resolve_freeze(bundle.model, cfg.phase.rules, model_components(bundle.model), t.lr, t.weight_decay)
     plan.apply()
     if t.grad_checkpointing:  # non-reentrant: gradients flow even when the first layers are frozen
@@ -85,6 +87,8 @@ def _train(cfg: Config, stop: StopSignals) -> Path:
         optimizer = build_optimizer(plan, t)
         scheduler = build_scheduler(optimizer, t)
         model, optimizer, scheduler = accelerator.prepare(bundle.model, optimizer, scheduler)
+        if lora:  # checkpoints hold what trains and the frozen base's hash
+            lora.attach(accelerator, model)
         model.train()  # from_pretrained leaves models in eval mode (no dropout, no gradient checkpointing)
 
         state = TrainState(world_size=world, run_id=start.identity["id"])
@@ -149,9 +153,11 @@ def _train(cfg: Config, stop: StopSignals) -> Path:
                 log.warning("step %d: loss=%g, grad_norm=%g: not finite, update skipped (%d in a row, stop at %d)",
                             state.step, loss, grad_norm, guard.streak, t.max_nonfinite_steps)
             seconds = time.perf_counter() - start
+            rows, slots = (float(v) for v in all_reduce_sum(accelerator, _rows(micro_batches)))
             metrics = {"loss": loss, "grad_norm": grad_norm, **lrs, "step_seconds": seconds,
                        "data_wait": data_wait / seconds, "tokens_per_s": seen.tokens / seconds,
                        "images_per_s": seen.images / seconds, "train/skipped_steps": guard.total,
+                       "data/padding_fraction": 1 - seen.tokens / slots, "data/samples_per_row": seen.samples / rows,
                        "memory/peak_gb": peak_memory_gb(accelerator.device),
                        **perf_metrics(flop_counter.total(micro_batches), seconds, peak)}
             if t.vet_health_every and state.step % t.vet_health_every == 0:
@@ -166,13 +172,15 @@ def _train(cfg: Config, stop: StopSignals) -> Path:
                 last_checkpoint = save()
                 saved_step = state.step
 
-        if t.caption_eval_samples and stopped_at is None and not already_done:
-            logger.log(state.step, {"eval/caption_accuracy": _caption_accuracy(accelerator, cfg, bundle)})
+        if (t.caption_eval_samples or t.answer_eval_samples) and stopped_at is None and not already_done:
+            logger.log(state.step, _generation_scores(accelerator, cfg, bundle))
         if saved_step != state.step:
             last_checkpoint = save()
         if already_done and accelerator.is_main_process:
             print(f"the run had already finished at step {state.step}; nothing to do (the export is kept)")
         if t.export and stopped_at is None and (state.step >= t.max_steps or data_ended) and not already_done:
+            if lora:  # a plain Ovis2 export: adapters folded into the base weights
+                lora.merge(bundle.model)
             _export(accelerator, bundle, RunDir(run_dir).export)
         logger.close()
         health.close()
@@ -300,10 +308,15 @@ def _count(micro_batches) -> list[int]:
     """This rank's (supervised tokens, tokens, images, samples), in ``Seen`` order."""
     return [
         sum(supervised_tokens(b["labels"]) for b in micro_batches),
-        sum(int(b["attention_mask"].sum()) for b in micro_batches),
+        sum(int(b["n_tokens"]) if "n_tokens" in b else int(b["attention_mask"].sum()) for b in micro_batches),
         sum(int(b.get("n_images", 0)) for b in micro_batches),
-        sum(len(b["input_ids"]) for b in micro_batches),
+        sum(int(b.get("n_samples", len(b["input_ids"]))) for b in micro_batches),  # packed rows hold several
     ]
+
+
+def _rows(micro_batches) -> list[int]:
+    """This rank's (rows, token slots including padding): for data/padding_fraction and data/samples_per_row."""
+    return [sum(len(b["input_ids"]) for b in micro_batches), sum(b["input_ids"].numel() for b in micro_batches)]
 
 
 def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
@@ -315,21 +328,29 @@ def _evaluate(accelerator, model, cfg: Config, bundle) -> float:
     return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
 
 
-def _caption_accuracy(accelerator, cfg: Config, bundle) -> float:
-    """Exact-match accuracy of greedy captions of the first held-out images, on the main process while
-    the others wait. Not under ZeRO-3: generation needs whole weights on one rank."""
+def _generation_scores(accelerator, cfg: Config, bundle) -> dict:
+    """Exact-match accuracy of greedy captions / answers on the first held-out samples, on the main
+    process while the others wait (they log NaN). Not under ZeRO-3: generation needs whole weights on one rank."""
+    t = cfg.trainer
+    scores = {f"eval/{name}_accuracy": float("nan")
+              for name, n in (("caption", t.caption_eval_samples), ("answer", t.answer_eval_samples)) if n}
     zero_stage = cfg.distributed.deepspeed.get("zero_optimization", {}).get("stage")
     if cfg.distributed.strategy == "deepspeed" and zero_stage == 3:
-        log.warning("trainer.caption_eval_samples is skipped under ZeRO-3; evaluate the export instead")
-        return float("nan")
-    accuracy = float("nan")
+        log.warning("trainer.caption_eval_samples / answer_eval_samples are skipped under ZeRO-3; evaluate the "
+                    "export instead")
+        return scores
     if accelerator.is_main_process:
-        prompt = cfg.data.sources[0].template  # the captions' own template (the stream refused an empty list)
-        score = caption_accuracy(bundle, cfg.data.eval_urls, limit=cfg.trainer.caption_eval_samples, prompt=prompt)
-        accuracy = score.accuracy
+        if t.caption_eval_samples:
+            prompt = cfg.data.sources[0].template  # the captions' own template (the stream refused an empty list)
+            scores["eval/caption_accuracy"] = caption_accuracy(
+                bundle, cfg.data.eval_urls, limit=t.caption_eval_samples, prompt=prompt).accuracy
+        if t.answer_eval_samples:
+            answers = answer_accuracy(bundle, cfg.data.eval_urls, limit=t.answer_eval_samples)
+            scores["eval/answer_accuracy"] = answers.accuracy
+            scores.update({f"eval/answer_accuracy/{kind}": k.accuracy for kind, k in answers.per_kind.items() if kind})
         bundle.model.train()
     accelerator.wait_for_everyone()
-    return accuracy
+    return scores
 
 
 def _apply_schedule(scheduler) -> None:

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 from ovis_train.data import IGNORE_INDEX
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+# A packed batch has position_ids and no attention_mask (see ovis_train/data/collate.py): with use_cache=False that is
+# what makes transformers give each packed sample its own causal mask.
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pixel_values")
 
 
 def supervised_tokens(labels: torch.Tensor) -> int:
