@@ -28,11 +28,11 @@ def install(nan: str | None = None, setattr=setattr) -> None:
     ready = os.environ.get("OVIS_FAULT_READY")
     rank = os.environ.get("RANK", "0")
     step = {"next": 1}
-    real_resolve, real_load, real_next = loop.resolve_resume, loop.load_checkpoint, loop._next_micro_batches
+    real_plan, real_load, real_next = loop.plan_start, loop.load_checkpoint, loop._next_micro_batches
 
-    def resolve_resume(*args, **kwargs):  # a new run (in-process tests run several)
+    def plan_start(*args, **kwargs):  # a new run (in-process tests run several)
         step["next"] = 1
-        return real_resolve(*args, **kwargs)
+        return real_plan(*args, **kwargs)
 
     def load_checkpoint(*args, **kwargs):
         state = real_load(*args, **kwargs)
@@ -49,7 +49,7 @@ def install(nan: str | None = None, setattr=setattr) -> None:
         step["next"] += 1
         return out, waited
 
-    setattr(loop, "resolve_resume", resolve_resume)
+    setattr(loop, "plan_start", plan_start)
     setattr(loop, "load_checkpoint", load_checkpoint)
     setattr(loop, "_next_micro_batches", next_micro_batches)
 
