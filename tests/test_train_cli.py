@@ -3,8 +3,11 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(tmp_path, *overrides, logger="none", wandb_mode="disabled"):
@@ -80,7 +83,9 @@ def test_help_is_ovis_trains_own():
 
     text = usage()
     defaults = compose([])
-    for line in ("  phase        demo_p1, demo_p2, demo_p2_lora, p1*, p2, p2_lora, p3, p3_lora", "  model        demo, ovis2_1b, ovis2_2b, ovis2_5_2b, tiny*",
+    phases = sorted(p.stem + ("*" if p.stem == defaults.phase.name else "") for p in (REPO / "conf" / "phase").glob("*.yaml"))
+    assert "p1*" in phases and "demo_p3" in phases
+    for line in ("  phase        " + ", ".join(phases), "  model        demo, ovis2_1b, ovis2_2b, ovis2_5_2b, tiny*",
                  f"  trainer.max_steps={defaults.trainer.max_steps} ", f"  data.batch_size={defaults.data.batch_size} ",
                  "  demo_p1      The offline demo's P1"):
         assert line in text
