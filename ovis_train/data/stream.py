@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import atexit
 import json
 import logging
+import multiprocessing
 import os
 import signal
 
@@ -67,6 +69,17 @@ def _ignore_stop_signals(worker_id: int) -> None:
     of Ctrl-C (its whole process group gets it) would take the run down with a traceback instead."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+
+
+@atexit.register
+def _kill_daemonic_workers() -> None:
+    """At exit multiprocessing stops daemonic children (DataLoader workers whose iterator was never shut
+    down, e.g. one held by an error's traceback) with SIGTERM, which the workers ignore (above), and then
+    waits for them forever. This hook runs first (atexit is last in, first out; torch imported
+    multiprocessing before this module) and kills them instead."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
 
 
 class DataStream:
