@@ -33,19 +33,8 @@ def collate(samples: list[EncodedSample], pad_token_id: int, padding_side: str, 
         input_ids[row, span] = torch.tensor(sample.input_ids, dtype=torch.long)
         labels[row, span] = torch.tensor(sample.labels, dtype=torch.long)
         attention_mask[row, span] = 1
-    n_label_tokens = int((labels != IGNORE_INDEX).sum())
-    if n_label_tokens == 0:
-        raise NoSupervisedTokens(
-            f"batch of {len(samples)} samples{_named(keys)} has no supervised token (every label is -100): "
-            "the loss would be a silent zero; check the captions/assistant turns and data.max_length"
-        )
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-    image_inputs = [inputs for sample in samples for inputs in sample.image_inputs]
-    for key in image_inputs[0] if image_inputs else ():
-        batch[key] = torch.cat([inputs[key] for inputs in image_inputs])
-    batch.update(n_samples=len(samples), n_images=len(image_inputs), n_tokens=int(attention_mask.sum()),
-                 keys=list(keys or []))
-    return batch
+    return _with_images_and_counts(batch, samples, keys, int(attention_mask.sum()), "samples")
 
 
 def collate_packed(rows: list[list[EncodedSample]], pad_token_id: int, keys: list[str] | None = None) -> dict:
@@ -67,19 +56,25 @@ def collate_packed(rows: list[list[EncodedSample]], pad_token_id: int, keys: lis
             start += n
         position_ids[r, start:] = torch.arange(length - start) + (int(position_ids[r, start - 1]) + 1)
     samples = [sample for row in rows for sample in row]
-    if int((labels != IGNORE_INDEX).sum()) == 0:
-        raise NoSupervisedTokens(
-            f"batch of {len(samples)} packed samples{_named(keys)} has no supervised token (every label is -100): "
-            "the loss would be a silent zero; check the captions/assistant turns and data.max_length"
-        )
     batch = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
-    image_inputs = [inputs for sample in samples for inputs in sample.image_inputs]
-    for key in image_inputs[0] if image_inputs else ():
-        batch[key] = torch.cat([inputs[key] for inputs in image_inputs])
-    batch.update(n_samples=len(samples), n_images=len(image_inputs),
-                 n_tokens=sum(len(s.input_ids) for s in samples), keys=list(keys or []))
+    batch = _with_images_and_counts(batch, samples, keys, sum(len(s.input_ids) for s in samples), "packed samples")
     return batch
 
 
 def _named(keys):
     return f" ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})" if keys else ""
+
+
+def _with_images_and_counts(batch: dict, samples: list[EncodedSample], keys, n_tokens: int, what: str) -> dict:
+    """Both collates' tail: refuse a batch without a supervised token, add the image tensors in token order
+    and the counts the loss and metrics use."""
+    if int((batch["labels"] != IGNORE_INDEX).sum()) == 0:
+        raise NoSupervisedTokens(
+            f"batch of {len(samples)} {what}{_named(keys)} has no supervised token (every label is -100): "
+            "the loss would be a silent zero; check the captions/assistant turns and data.max_length"
+        )
+    image_inputs = [inputs for sample in samples for inputs in sample.image_inputs]
+    for key in image_inputs[0] if image_inputs else ():
+        batch[key] = torch.cat([inputs[key] for inputs in image_inputs])
+    batch.update(n_samples=len(samples), n_images=len(image_inputs), n_tokens=n_tokens, keys=list(keys or []))
+    return batch
