@@ -65,3 +65,27 @@ def test_normalize_refuses_uint8_without_constants():
 def test_float_pixels_pass_unchanged():
     pixels = torch.randn(1, 3, 4, 4)
     assert normalize_pixels({"pixel_values": pixels})["pixel_values"] is pixels
+
+
+def test_training_loss_on_uint8_batches_equals_processor_pixels(tmp_path):
+    """The stream ships uint8; the loss's input preparation normalises on the device: same loss (and
+    same gradient) as the processor's float pixels, and a different one if the pixels were left raw."""
+    from ovis_train.data import DataConfig, SourceConfig, build_stream, write_synthetic_shards
+    from ovis_train.model import build_model
+    from ovis_train.train.loss import token_loss_sum
+
+    torch.manual_seed(0)
+    bundle = build_model(ModelConfig(preset="tiny"))
+    shards = write_synthetic_shards(str(tmp_path), n_samples=4, samples_per_shard=4, image_size=48)
+    cfg = DataConfig(sources=[SourceConfig(urls=shards, template="<image>\nDescription:\n")], batch_size=4,
+                     shuffle=False, epochs=1)
+    batch = next(iter(build_stream(cfg, bundle)))
+    assert batch["pixel_values"].dtype == torch.uint8
+    reference = dict(batch, pixel_values=normalize_pixels(batch)["pixel_values"])
+    for key in ("pixel_mean", "pixel_std"):
+        reference.pop(key)
+    shipped = token_loss_sum(bundle.model, batch, "cpu")
+    expected = token_loss_sum(bundle.model, reference, "cpu")
+    torch.testing.assert_close(shipped, expected, rtol=0, atol=0)
+    raw = dict(reference, pixel_values=batch["pixel_values"].float())  # what skipping the normalisation gives
+    assert not torch.allclose(token_loss_sum(bundle.model, raw, "cpu"), expected)
