@@ -3,7 +3,11 @@
 Configuration mistakes (unknown key, wrong type, bad freeze rule, impossible model settings) end
 with one line on stderr, ``ovis-train: error: ...``, and exit status 2; anything else is a bug and
 keeps its traceback. ``--cfg job`` checks the config as a run would before Hydra prints it;
-``--help`` prints ovis-train's own help (``--hydra-help``: Hydra's flags).
+``--help`` prints ovis-train's own help (``--hydra-help``: Hydra's flags). Two planned stops also end
+with one line: a stop signal (SIGTERM, SIGINT, SIGUSR1) after its checkpoint is saved,
+``ovis-train: stopped at step N; resume with resume=auto ...``, exit status 3; a run that keeps
+producing NaN/inf (``trainer.max_nonfinite_steps``) or would save them, ``ovis-train: error: ...``,
+exit status 4.
 """
 
 from __future__ import annotations
@@ -12,19 +16,33 @@ import contextlib
 import os
 import sys
 
-from ovis_train.train.errors import one_line_error
+from ovis_train.train.errors import EXIT_CONFIG, Diverged, Stopped, one_line_error
+
+
+def _exit(code: int) -> None:
+    from ovis_train.train.distributed import exit_launched_process
+
+    exit_launched_process(code)
+    sys.exit(code)
 
 
 @contextlib.contextmanager
 def config_errors_as_one_line():
     try:
         yield
+    except Stopped as e:  # the message comes from the main process only
+        if str(e):
+            print(f"ovis-train: {e}", file=sys.stderr, flush=True)
+        _exit(e.exit_code)
+    except Diverged as e:
+        print(f"ovis-train: error: {e}", file=sys.stderr, flush=True)
+        _exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - sorted into config errors (one line) and bugs (re-raised)
         message = one_line_error(e)
         if message is None:
             raise
         print(f"ovis-train: error: {message}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
 
 
 # the overrides --help lists, with what they mean (their defaults are read from the composed config)

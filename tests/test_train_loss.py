@@ -58,10 +58,10 @@ def test_accumulated_step_equals_one_step_on_the_whole_batch(accelerator):
     start = copy.deepcopy(model.state_dict())
     prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    loss, grad_norm, seen = train_step(accelerator, prepared, optimizer, scheduler, list(model.parameters()),
-                                       MICRO_BATCHES, clip=None)
+    loss, grad_norm, seen, applied = train_step(accelerator, prepared, optimizer, scheduler,
+                                                list(model.parameters()), MICRO_BATCHES, clip=None)
 
-    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    assert applied and loss == pytest.approx(expected.item(), rel=1e-6)
     assert seen.supervised_tokens == 7 and seen.samples == 3 and seen.tokens == 12
     for name, param in reference.named_parameters():
         torch.testing.assert_close(model.state_dict()[name], start[name] - param.grad, rtol=1e-5, atol=1e-6)

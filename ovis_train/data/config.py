@@ -10,6 +10,32 @@ from typing import Any
 from ovis_train.errors import ConfigError
 
 IMAGE_MARKER = "<image>"  # where a sample's image goes in a template or a conversation turn
+VIDEO_MARKER = "<video>"  # where a sample's video goes in a conversation turn (its frames, one image each)
+
+
+@dataclass
+class VideoConfig:
+    """How a sample's video becomes frames (``data.video``; the rule is in ``video.py``).
+
+    max_frames: frames taken from one video, spread evenly over it (fewer only when it has fewer frames);
+        each frame is one image block of one crop and counts against ``max_visual_tokens_per_sample``.
+    fps: take about this many frames per second of video instead (still at most max_frames); null: max_frames.
+    max_seconds: a longer video is sampled within a window of this many seconds (not skipped); null: all of it.
+    jitter: training draws the frame within each stretch and the window from (data.seed, sample key);
+        false, and always for held-out data, the middle ones.
+    """
+
+    max_frames: int = 8
+    fps: float | None = None
+    max_seconds: float | None = None
+    jitter: bool = True
+
+    def validate(self) -> None:
+        if self.max_frames < 1:
+            raise ConfigError(f"data.video.max_frames must be >= 1, got {self.max_frames}")
+        for name in ("fps", "max_seconds"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"data.video.{name} must be > 0 or null, got {getattr(self, name)}")
 
 
 @dataclass
@@ -49,7 +75,7 @@ class DataConfig:
     epochs: int | None = None  # train passes over the data; None = endless (epochs advance on their own)
     max_bad_fraction: float = 0.05  # stop when more than this share of samples is bad ...
     bad_check_min_samples: int = 200  # ... once at least this many samples were seen (per reader)
-    max_images_per_sample: int = 16  # samples with more images are skipped (too_many_images)
+    max_images_per_sample: int = 16  # samples with more images + videos are skipped (too_many_images)
     # visual tokens (crops x tokens per crop) one sample's images may take together: multi-crop processors
     # then cut fewer crops per image (never fewer than one); None = the processor's own max_patches
     max_visual_tokens_per_sample: int | None = None
@@ -57,10 +83,13 @@ class DataConfig:
     # refuses more than 2 x PIL.Image.MAX_IMAGE_PIXELS, ~179M, whatever this says)
     prefetch_factor: int = 2
     pin_memory: bool = False
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def __post_init__(self):
         # Hydra/YAML hand us dicts; accept them so DataConfig(**yaml) also works
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
+        if isinstance(self.video, dict):
+            self.video = VideoConfig(**self.video)
 
     def validate(self) -> None:
         """Raise a ConfigError naming the bad key and the fix."""
@@ -72,6 +101,7 @@ class DataConfig:
         if self.max_visual_tokens_per_sample is not None and self.max_visual_tokens_per_sample < 1:
             raise ConfigError(f"data.max_visual_tokens_per_sample must be >= 1 or null, got "
                               f"{self.max_visual_tokens_per_sample}")
+        self.video.validate()
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"data.max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")
         if not self.sources:

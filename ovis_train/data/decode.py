@@ -1,14 +1,18 @@
 """Raw sample bytes -> (RGB images, caption or conversation), or a ``BadSample`` with a reason.
 
-A sample holds 0..N images. In a tar they are ``key.0.jpg, key.1.png, ...`` numbered in the order of
-the ``<image>`` markers of the text (``key.jpg`` alone stands for one image), beside ``key.json``
-(``{"caption"}``, ``{"conversations": [{"from", "value"}]}`` or ``{"messages": [{"role", "content"}]}``)
-or ``key.txt`` (a caption). Captions take exactly one image; conversations take any number, text-only included.
+A sample holds 0..N media, each an image or a video, in the order of the ``<image>`` / ``<video>`` markers of
+its text. In a tar they are ``key.0.jpg, key.1.mp4, ...`` (``key.jpg`` or ``key.mp4`` alone stands for one),
+a video given as frame images ``key.<N>.0.jpg, key.<N>.1.jpg, ...``, beside ``key.json`` (``{"caption"}``,
+``{"conversations": [{"from", "value"}]}`` or ``{"messages": [{"role", "content"}]}``) or ``key.txt`` (a
+caption). Captions take exactly one image or video; conversations take any number, text-only included.
+A video becomes the frames ``video.py`` samples, each one image in ``images`` at the video's place;
+``media`` says which images came from which marker.
 
 Reasons (the keys of ``bad_counts``): empty_image, undecodable_image, truncated_image, unprocessable_image,
 too_many_pixels, missing_image, missing_caption, empty_caption, caption_not_utf8, invalid_json,
-image_numbering (files not numbered 0..N-1), too_many_images (over data.max_images_per_sample),
-image_marker_mismatch (markers != images), too_long, no_supervised_tokens.
+image_numbering (files not numbered 0..N-1), too_many_images (media over data.max_images_per_sample),
+image_marker_mismatch (markers != media), too_long, no_supervised_tokens, and for videos empty_video,
+undecodable_video, truncated_video (see ``video.py``).
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ import io
 import json
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
+from .video import VIDEO_EXTENSIONS, FrameSampler, VideoProblem, decode_video
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 ORDINARY_MODES = ("RGB", "L")  # converted without being worth a count
-_NUMBERED = re.compile(r"^(\d+)\.(" + "|".join(IMAGE_EXTENSIONS) + r")$")
+_MEDIA = "|".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+_NUMBERED = re.compile(r"^(\d+)\.(" + _MEDIA + r")$")
+_FRAME = re.compile(r"^(\d+)\.(\d+)\.(" + "|".join(IMAGE_EXTENSIONS) + r")$")  # frame K of video N
 
 
 class BadSample(Exception):
@@ -39,7 +47,8 @@ class BadSample(Exception):
 class DecodedSample:
     key: str
     shard: str
-    images: list[Image.Image] = field(default_factory=list)  # in marker order
+    images: list[Image.Image] = field(default_factory=list)  # in marker order, a video's frames in its place
+    media: list[tuple[str, int]] = field(default_factory=list)  # per marker: ("image", 1) or ("video", n frames)
     caption: str | None = None
     conversation: list[dict] | None = None  # turns as stored: {"from", "value"} or {"role", "content"}
     converted_from: list[str] = field(default_factory=list)  # original PIL modes of unusual images (CMYK, P, ...)
@@ -50,7 +59,8 @@ class DecodedSample:
         return self.images[0] if self.images else None
 
 
-def decode_sample(raw: dict, max_pixels: int, draft_size: int | None, max_images: int | None = None) -> DecodedSample:
+def decode_sample(raw: dict, max_pixels: int, draft_size: int | None, max_images: int | None = None,
+                  video: FrameSampler = FrameSampler()) -> DecodedSample:
     sample = DecodedSample(key=raw["__key__"], shard=raw["__shard__"])
     if "json" in raw:
         meta = _parse_json(raw["json"])
@@ -70,30 +80,66 @@ def decode_sample(raw: dict, max_pixels: int, draft_size: int | None, max_images
             raise BadSample("caption_not_utf8", str(e)) from None
     else:
         raise BadSample("missing_caption", "no .txt or .json")
-    names = image_members(raw)
-    if max_images is not None and len(names) > max_images:
-        raise BadSample("too_many_images", f"{len(names)} images > data.max_images_per_sample={max_images}")
-    if sample.caption is not None and not names:
-        raise BadSample("missing_image", f"no .{'/.'.join(IMAGE_EXTENSIONS)}")
-    if sample.caption is not None and len(names) > 1:
-        raise BadSample("image_marker_mismatch", f"a caption sample with {len(names)} images (captions take one)")
-    for name in names:
-        image, mode = decode_image(raw[name], name, max_pixels, draft_size)
-        sample.images.append(image)
-        if mode not in ORDINARY_MODES:
-            sample.converted_from.append(mode)
+    media = media_members(raw)
+    if max_images is not None and len(media) > max_images:
+        raise BadSample("too_many_images", f"{len(media)} images/videos > data.max_images_per_sample={max_images}")
+    if sample.caption is not None and not media:
+        raise BadSample("missing_image", f"no .{'/.'.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}")
+    if sample.caption is not None and len(media) > 1:
+        raise BadSample("image_marker_mismatch",
+                        f"a caption sample with {len(media)} images/videos (captions take one)")
+    for kind, names in media:
+        if kind == "image":
+            images = [decode_image(raw[names[0]], names[0], max_pixels, draft_size)]
+        elif kind == "video":
+            try:
+                frames = decode_video(raw[names[0]], names[0], sample.key, video)
+            except VideoProblem as problem:
+                raise BadSample(problem.reason, str(problem)) from None
+            images = [check_pixels(frame, names[0], max_pixels) for frame in frames]
+        else:  # a video stored as frame images: only the sampled ones are decoded
+            picked = replace(video, fps=None, max_seconds=None).pick(list(range(len(names))), sample.key)
+            images = [decode_image(raw[names[i]], names[i], max_pixels, draft_size) for i in picked]
+        sample.media.append(("image" if kind == "image" else "video", len(images)))
+        for image, mode in images:
+            sample.images.append(image)
+            if mode not in ORDINARY_MODES:
+                sample.converted_from.append(mode)
     return sample
 
 
-def image_members(raw: dict) -> list[str]:
-    """The sample's image extensions in marker order: ``["0.jpg", "1.png", ...]`` or ``["jpg"]``."""
-    plain = [e for e in IMAGE_EXTENSIONS if e in raw]
-    numbered = sorted((int(m.group(1)), name) for name in raw if (m := _NUMBERED.match(name)))
-    if plain and numbered or len(plain) > 1:
-        raise BadSample("image_numbering", f"ambiguous image files {sorted(plain + [n for _, n in numbered])}")
-    if [i for i, _ in numbered] != list(range(len(numbered))):
-        raise BadSample("image_numbering", f"image files {[n for _, n in numbered]} are not numbered 0..N-1")
-    return plain or [name for _, name in numbered]
+def check_pixels(frame: Image.Image, ext: str, max_pixels: int) -> tuple[Image.Image, str]:
+    if frame.width * frame.height > max_pixels:
+        raise BadSample("too_many_pixels", f".{ext} frames are {frame.width}x{frame.height} > "
+                                           f"data.max_image_pixels={max_pixels}")
+    return frame, "RGB"
+
+
+def media_members(raw: dict) -> list[tuple[str, list[str]]]:
+    """The sample's media in marker order, each ("image" | "video", [ext]) or ("frames", [its frame exts]):
+    ``[("image", ["0.jpg"]), ("video", ["1.mp4"]), ("frames", ["2.0.jpg", "2.1.jpg"])]`` or ``[("image", ["jpg"])]``."""
+    plain = [e for e in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS if e in raw]
+    numbered = {int(m.group(1)): name for name in raw if (m := _NUMBERED.match(name))}
+    frames: dict[int, dict[int, str]] = {}
+    for name in raw:
+        if m := _FRAME.match(name):
+            frames.setdefault(int(m.group(1)), {})[int(m.group(2))] = name
+    everything = sorted(plain + list(numbered.values()) + [n for f in frames.values() for n in f.values()])
+    if plain and (numbered or frames) or len(plain) > 1 or set(numbered) & set(frames):
+        raise BadSample("image_numbering", f"ambiguous image/video files {everything}")
+    if sorted([*numbered, *frames]) != list(range(len(numbered) + len(frames))):
+        raise BadSample("image_numbering", f"image/video files {everything} are not numbered 0..N-1")
+    for n, members in frames.items():
+        if sorted(members) != list(range(len(members))):
+            raise BadSample("image_numbering",
+                            f"frames of video {n} {sorted(members.values())} are not numbered 0..K-1")
+    media = []
+    for name in plain or [numbered.get(i) or i for i in range(len(numbered) + len(frames))]:
+        if isinstance(name, int):
+            media.append(("frames", [frames[name][k] for k in range(len(frames[name]))]))
+        else:
+            media.append(("video" if name.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS else "image", [name]))
+    return media
 
 
 def _parse_json(data: bytes) -> dict:

@@ -1,6 +1,8 @@
 """Decoded samples -> token ids, labels and image tensors, a batch at a time, with the model's own processor.
 
 A sample is text with N ``<image>`` markers plus N images (N >= 0; a caption is one turn with one image).
+A ``<video>`` marker stands for its video's sampled frames: it becomes one ``<image>`` marker per frame, one
+per line, as Ovis2 feeds a video (a sequence of frame images), and every frame gets one crop.
 It is cut into segments, each tokenized on its own: unsupervised prompt text (system / user turns, the
 template's role headers, image markers) and supervised answers (a caption; an assistant turn through its
 end-of-turn token). Segments belong to turns (a prompt and its answer).
@@ -12,7 +14,7 @@ through one tokenizer call; caption prompts (few distinct texts) are tokenized o
 
 Multi-crop budget. With ``max_visual_tokens`` set, a sample's images get at most that many visual tokens
 together: the crop grid per image shrinks (never below one crop, as Ovis2 does for several images); no
-image is dropped for it.
+image is dropped for it. Video frames (one crop each) are counted first; still images share what is left.
 
 Truncation to ``max_length`` keeps whole turns in order and drops the first turn that does not fit with
 everything after it. Only when the first turn alone is too long is it cut, and only in its text: an image
@@ -21,16 +23,20 @@ block is never cut (a sample whose first turn's images do not fit is ``too_long`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
 
-from .config import IMAGE_MARKER
+from .config import IMAGE_MARKER, VIDEO_MARKER
 from .decode import BadSample, DecodedSample
 from .images import ImagePreparer
 
 IGNORE_INDEX = -100
 PROMPT_CACHE_SIZE = 4096  # distinct caption prompts kept tokenized (templates x crop grids)
+MARKER_KIND = {IMAGE_MARKER: "image", VIDEO_MARKER: "video"}
+PART_MARKER = {"image": IMAGE_MARKER, "video": VIDEO_MARKER}  # content parts {"type": "image" | "video"}
+_MARKERS = re.compile(f"{re.escape(IMAGE_MARKER)}|{re.escape(VIDEO_MARKER)}")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 # Used only when the tokenizer has no chat template of its own; eos ends an assistant turn.
@@ -47,6 +53,7 @@ class Segment:
     supervised: bool
     turn: int  # truncation keeps or drops a turn's segments together
     images: list = field(default_factory=list)  # PIL images of the text's markers, in order
+    frames: list[bool] = field(default_factory=list)  # per image: a video frame (always one crop)
     add_eos: bool = False  # a caption with data.caption_eos
     special_tokens: bool = False  # a caption's prompt: the tokenizer's special tokens, as a lone processor call adds
     answer_until_end_of_turn: bool = False  # an assistant turn: labels stop at its end-of-turn token
@@ -98,7 +105,10 @@ class SampleEncoder:
     # --- segments -------------------------------------------------------------------------------------
 
     def caption_segments(self, sample: DecodedSample, template: str) -> list[Segment]:
-        return [Segment(template, False, 0, images=list(sample.images), special_tokens=True),
+        frames = frame_flags(sample)
+        if any(frames):  # a video caption: its frames where the template has the image
+            template = template.replace(IMAGE_MARKER, frame_markers(len(frames)))
+        return [Segment(template, False, 0, images=list(sample.images), frames=frames, special_tokens=True),
                 Segment(sample.caption, True, 0, add_eos=self.caption_eos)]
 
     def conversation_segments(self, sample: DecodedSample) -> list[Segment]:
@@ -125,32 +135,40 @@ class SampleEncoder:
             pieces += [(before[len(done):], False, turn), (after[len(before):], True, turn)]
             done, turn = after, turn + 1
         pieces.append((render(messages, False)[len(done):], False, turn))
-        images, segments = iter(sample.images), []
+        images, segments = iter(zip(sample.images, frame_flags(sample))), []
         for text, supervised, turn in pieces:
             if text:
+                these = [next(images) for _ in range(text.count(IMAGE_MARKER))]
                 segments.append(Segment(text, supervised, turn, answer_until_end_of_turn=supervised,
-                                        images=[next(images) for _ in range(text.count(IMAGE_MARKER))]))
+                                        images=[image for image, _ in these], frames=[f for _, f in these]))
         if next(images, None) is not None:  # the template dropped a marker
             raise BadSample("image_marker_mismatch", "the chat template did not render every <image> marker")
         return segments
 
     # --- batched processing ---------------------------------------------------------------------------
 
-    def crop_limit(self, n_images: int) -> int:
-        """Crops per image (the processor's ``max_patches``) within the per-sample visual-token budget."""
+    def crop_limit(self, n_images: int, n_frames: int = 0) -> int:
+        """Crops per still image (the processor's ``max_patches``) within the per-sample visual-token budget,
+        after ``n_frames`` video frames of one crop each."""
         if not self.max_visual_tokens or n_images == 0 or self.max_crops == 1:
             return self.max_crops
-        crops = self.max_visual_tokens // (n_images * self.processor.image_seq_length)
+        per_crop = self.processor.image_seq_length
+        crops = max(0, self.max_visual_tokens - n_frames * per_crop) // (n_images * per_crop)
         # a grid of g > 1 crops comes with a whole-image thumbnail: g + 1 crops in all
         return max(1, min(self.max_crops, crops - 1 if crops >= 3 else 1))
 
     def process_images(self, planned: dict[int, list[Segment]]) -> dict[int, BadSample]:
         """Fills every segment's ``image_inputs`` and expands its markers; returns samples whose images failed."""
-        by_limit: dict[int, list[tuple[int, Segment, int]]] = {}
-        for i, segments in planned.items():
-            limit = self.crop_limit(sum(len(s.images) for s in segments))
+        by_limit: dict[int, list[tuple[int, Segment, int]]] = {}  # a segment's images may span two limits
+        for segments in planned.values():
             for segment in segments:
-                by_limit.setdefault(limit, []).extend((i, segment, k) for k in range(len(segment.images)))
+                segment.image_inputs = [None] * len(segment.images)
+        for i, segments in planned.items():
+            n_frames = sum(sum(s.frames) for s in segments)
+            limit = self.crop_limit(sum(len(s.images) for s in segments) - n_frames, n_frames)
+            for segment in segments:
+                for k, frame in enumerate(segment.frames):
+                    by_limit.setdefault(1 if frame else limit, []).append((i, segment, k))
         failed: dict[int, BadSample] = {}
         placeholders: dict[int, list[str]] = {}  # id(segment) -> placeholder per marker
         for limit, entries in by_limit.items():
@@ -163,8 +181,8 @@ class SampleEncoder:
                     failed.setdefault(i, output)
                     continue
                 inputs, placeholder = output
-                segment.image_inputs.append(inputs)
-                placeholders.setdefault(id(segment), []).append(placeholder)
+                segment.image_inputs[k] = inputs
+                placeholders.setdefault(id(segment), [None] * len(segment.images))[k] = placeholder
         for i, segments in planned.items():
             for segment in segments:
                 if segment.images and i not in failed:
@@ -262,7 +280,8 @@ def expand_markers(text: str, placeholders: list[str]) -> str:
 
 def conversation_messages(sample: DecodedSample) -> list[dict]:
     """Stored turns ({"from", "value"} or {"role", "content"}, content a string or a list of
-    {"type": "text"|"image"} parts) -> chat messages; image markers are checked against the images."""
+    {"type": "text"|"image"|"video"} parts) -> chat messages; markers are checked against the media in
+    order, and each video's marker becomes its frames' image markers."""
     messages = []
     for turn in sample.conversation:
         try:
@@ -272,19 +291,36 @@ def conversation_messages(sample: DecodedSample) -> list[dict]:
             raise BadSample("invalid_json", f"conversation turn without a known 'from'/'value' or 'role'/'content': "
                                             f"{e!r}") from None
         messages.append({"role": role, "content": content_text(content)})
-    markers = sum(m["content"].count(IMAGE_MARKER) for m in messages)
-    n_images = len(sample.images)
-    if markers == 0 and n_images == 1:  # the LLaVA habit: one image, no marker -> before the first question
+    markers = [MARKER_KIND[m] for message in messages for m in _MARKERS.findall(message["content"])]
+    media = sample.media or [("image", 1)] * len(sample.images)
+    kinds = [kind for kind, _ in media]
+    if not markers and len(media) == 1:  # the LLaVA habit: one image or video, no marker -> before the first question
         first_user = next((m for m in messages if m["role"] == "user"), None)
         if first_user is None:
-            raise BadSample("image_marker_mismatch", "image but no user turn to attach it to")
-        first_user["content"] = f"{IMAGE_MARKER}\n{first_user['content']}"
-        markers = 1
-    if markers != n_images:
-        raise BadSample("image_marker_mismatch", f"{markers} {IMAGE_MARKER} markers for {n_images} images")
-    if sum(m["content"].count(IMAGE_MARKER) for m in messages if m["role"] == "assistant"):
-        raise BadSample("image_marker_mismatch", "an assistant turn holds the image marker")
+            raise BadSample("image_marker_mismatch", f"{kinds[0]} but no user turn to attach it to")
+        first_user["content"] = f"{VIDEO_MARKER if kinds[0] == 'video' else IMAGE_MARKER}\n{first_user['content']}"
+        markers = kinds
+    if markers != kinds:
+        raise BadSample("image_marker_mismatch", f"markers {markers} for media {kinds} (images and videos in order)")
+    if any(_MARKERS.search(m["content"]) for m in messages if m["role"] == "assistant"):
+        raise BadSample("image_marker_mismatch", "an assistant turn holds an image/video marker")
+    frames = iter([n for kind, n in media if kind == "video"])
+    for message in messages:
+        message["content"] = _MARKERS.sub(lambda m: m.group(0) if m.group(0) == IMAGE_MARKER
+                                          else frame_markers(next(frames)), message["content"])
     return messages
+
+
+def frame_flags(sample: DecodedSample) -> list[bool]:
+    """Per image of the sample: whether it is a video frame."""
+    if not sample.media:  # built without media kinds: images only
+        return [False] * len(sample.images)
+    return [kind == "video" for kind, n in sample.media for _ in range(n)]
+
+
+def frame_markers(n_frames: int) -> str:
+    """What a video's marker becomes: one image marker per frame, one per line (as Ovis2 prompts a video)."""
+    return "\n".join([IMAGE_MARKER] * n_frames)
 
 
 def content_text(content) -> str:
@@ -292,7 +328,7 @@ def content_text(content) -> str:
         return content
     if isinstance(content, list):  # [{"type": "image"}, {"type": "text", "text": ...}]
         try:
-            return "".join(IMAGE_MARKER if part["type"] == "image" else part["text"] for part in content)
+            return "".join(PART_MARKER.get(part["type"]) or part["text"] for part in content)
         except (KeyError, TypeError) as e:
             raise BadSample("invalid_json", f"content part without 'type'/'text': {e!r}") from None
     raise BadSample("invalid_json", f"turn content is {type(content).__name__}, not text")

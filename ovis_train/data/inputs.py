@@ -10,13 +10,15 @@ records so that one image file never lands in both splits; ``materialise`` reads
 | folder   | images with a ``.txt`` caption or a ``.json`` sidecar (``{"caption"}`` / ``{"conversations"}``) |
 | table    | ``.jsonl`` / ``.csv`` rows with an image and a caption column                               |
 | hf       | a dataset saved with ``save_to_disk``                                                        |
-| ovis     | the Ovis meta-JSON: ``[{"id", "image": path or [paths] (optional), "conversations": [{"from", "value"}]}]`` |
-| messages | ``[{"messages": [{"role", "content"}], "images": [paths]}]`` (LLaMA-Factory, ms-swift)          |
+| ovis     | the Ovis meta-JSON: ``[{"id", "image": path or [paths], "video": path or [frame paths] (both optional), "conversations": [{"from", "value"}]}]`` |
+| messages | ``[{"messages": [{"role", "content"}], "images": [paths], "videos": [path or [frame paths]]}]`` (LLaMA-Factory, ms-swift) |
 Image paths in a table or JSON file are relative to that file's folder (or to ``image_root``). The JSON
 formats may also be JSON Lines (one record per line).
 
 Written layout: a caption sample is ``key.<ext>`` + ``key.txt`` (or ``key.json``); a conversation is
-``key.0.<ext>``, ``key.1.<ext>``, ... in marker order + ``key.json`` (none for a text-only one).
+``key.0.<ext>``, ``key.1.<ext>``, ... in the order of its ``<image>`` / ``<video>`` markers + ``key.json``
+(none for a text-only one). A video file is stored as it is (``key.1.mp4``), a video given as frames as
+``key.1.0.jpg``, ``key.1.1.jpg``, ...
 """
 
 from __future__ import annotations
@@ -32,15 +34,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .config import IMAGE_MARKER
+from .config import IMAGE_MARKER, VIDEO_MARKER
 from .decode import IMAGE_EXTENSIONS
+from .video import VIDEO_EXTENSIONS, VideoProblem, probe_video
 
 
 @dataclass
 class Record:
     key: str
     text: dict  # {"txt": caption} or {"json": {...}}
-    images: list[str] = field(default_factory=list)  # files in marker order (what the held-out split groups by)
+    # files in marker order (what the held-out split groups by); a list in it is a video given as frames
+    images: list = field(default_factory=list)
     read: Callable[[], list[tuple[str, bytes]]] | None = None  # (ext, bytes) per image, when not plain files
 
 
@@ -127,15 +131,15 @@ def table_records(path: str, image_column: str = "image", caption_column: str = 
 
 def ovis_records(path: str, image_root: str | None = None) -> Iterator[Record]:
     """The Ovis (LLaVA) meta-JSON."""
-    return _conversation_records(path, image_root, "conversations", "image", '{"from", "value"}')
+    return _conversation_records(path, image_root, "conversations", "image", '{"from", "value"}', "video")
 
 
 def messages_records(path: str, image_root: str | None = None) -> Iterator[Record]:
     """The ``{"messages", "images"}`` layout (LLaMA-Factory, ms-swift)."""
-    return _conversation_records(path, image_root, "messages", "images", '{"role", "content"}')
+    return _conversation_records(path, image_root, "messages", "images", '{"role", "content"}', "videos")
 
 
-def _conversation_records(path, image_root, turns_field, images_field, turn_shape) -> Iterator[Record]:
+def _conversation_records(path, image_root, turns_field, images_field, turn_shape, videos_field) -> Iterator[Record]:
     base = image_root or os.path.dirname(os.path.abspath(path))
     items = read_json_list(path)
     keys = unique_keys(str(item["id"]) if isinstance(item, dict) and "id" in item else f"{index:08d}"
@@ -145,7 +149,26 @@ def _conversation_records(path, image_root, turns_field, images_field, turn_shap
             raise ValueError(f'{path} record {index}: needs "{turns_field}": [{turn_shape}, ...]')
         images = item.get(images_field) or []
         images = [images] if isinstance(images, str) else list(images)
-        yield Record(key, {"json": {turns_field: item[turns_field]}}, [os.path.join(base, p) for p in images])
+        videos = item.get(videos_field) or []
+        if videos_field == "video":  # the Ovis field holds one video: a path or its frames
+            videos = [videos] if videos else []
+        elif isinstance(videos, str):
+            videos = [videos]
+        media = in_marker_order(item[turns_field], [os.path.join(base, p) for p in images],
+                                [os.path.join(base, v) if isinstance(v, str) else [os.path.join(base, p) for p in v]
+                                 for v in videos])
+        yield Record(key, {"json": {turns_field: item[turns_field]}}, media)
+
+
+def in_marker_order(turns: list, images: list, videos: list) -> list:
+    """Images and videos interleaved as the turns' markers name them (what is left over goes last, images
+    first, for the marker check to report)."""
+    images, videos, media = list(images), list(videos), []
+    for kind in re.findall(r"<(image|video)>|\"type\": \"(image|video)\"", json.dumps(turns)):
+        pool = images if "image" in kind else videos
+        if pool:
+            media.append(pool.pop(0))
+    return media + images + videos
 
 
 def hf_records(path: str, split: str | None = None, image_column: str = "image",
@@ -217,7 +240,7 @@ def split_heldout(records: list[Record], n_heldout: int, seed: int) -> tuple[lis
 
     owner: dict[str, int] = {}
     for i, record in enumerate(records):
-        for image in record.images:
+        for image in (f for media in record.images for f in ([media] if isinstance(media, str) else media)):
             j = owner.setdefault(os.path.realpath(image), i)
             parent[root(i)] = root(j)
     groups: dict[int, list[int]] = {}
@@ -236,15 +259,41 @@ def materialise(records: Iterable[Record], skipped: Skipped) -> Iterator[dict]:
     """Writer samples; a record whose images cannot be read is skipped and counted in ``skipped``."""
     for record in records:
         try:
-            files = record.read() if record.read else [read_image_file(path) for path in record.images]
+            files = record.read() if record.read else [read_media(path) for path in record.images]
         except ImageProblem as problem:
             skipped.add(problem.reason, f"{record.key}: {problem}")
             continue
         sample = {"__key__": record.key, **record.text}
         conversation = "json" in record.text and "caption" not in record.text["json"]
-        for index, (ext, data) in enumerate(files):
-            sample[f"{index}.{ext}" if conversation else ext] = data
+        for index, file in enumerate(files):
+            if isinstance(file, list):  # a video's frames
+                sample.update({f"{index}.{k}.{ext}": data for k, (ext, data) in enumerate(file)})
+            else:
+                sample[f"{index}.{file[0]}" if conversation else file[0]] = file[1]
         yield sample
+
+
+def read_media(path):
+    """(ext, bytes) of an image or video file; a list of them for a video given as frames."""
+    if not isinstance(path, str):
+        return [read_image_file(frame) for frame in path]
+    if os.path.splitext(path)[1].lower().lstrip(".") in VIDEO_EXTENSIONS:
+        return read_video_file(path)
+    return read_image_file(path)
+
+
+def read_video_file(path: str) -> tuple[str, bytes]:
+    """The file's bytes as they are (no re-encoding), once PyAV has found frames in them."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageProblem("missing_video", f"{path}: {e.strerror}") from None
+    try:
+        probe_video(data, os.path.splitext(path)[1].lower().lstrip("."))
+    except VideoProblem as problem:
+        raise ImageProblem(problem.reason, f"{path}: {problem}") from None
+    return os.path.splitext(path)[1].lower().lstrip("."), data
 
 
 def read_image_file(path: str) -> tuple[str, bytes]:
@@ -265,8 +314,8 @@ def read_image_file(path: str) -> tuple[str, bytes]:
 
 
 def marker_mismatches(records: Iterable[Record]) -> list[str]:
-    """Keys of conversation records whose ``<image>`` markers do not match their images (one image and no
-    marker is fine: the reader puts it before the first question)."""
+    """Keys of conversation records whose ``<image>`` / ``<video>`` markers do not match their media (one
+    image or video and no marker is fine: the reader puts it before the first question)."""
     bad = []
     for record in records:
         meta = record.text.get("json", {})
@@ -274,7 +323,7 @@ def marker_mismatches(records: Iterable[Record]) -> list[str]:
         if not isinstance(turns, list):
             continue
         text = json.dumps([t.get("value", t.get("content")) if isinstance(t, dict) else t for t in turns])
-        markers = text.count(IMAGE_MARKER) + text.count('"type": "image"')
+        markers = sum(text.count(m) for m in (IMAGE_MARKER, VIDEO_MARKER, '"type": "image"', '"type": "video"'))
         if markers != len(record.images) and not (markers == 0 and len(record.images) == 1):
             bad.append(record.key)
     return bad

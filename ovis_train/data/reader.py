@@ -15,6 +15,7 @@ from .collate import collate
 from .cursor import SourceCursor
 from .decode import BadSample, decode_sample
 from .encode import SampleEncoder
+from .video import FrameSampler
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ReaderSpec:
     draft_size: int | None
     max_bad_fraction: float
     bad_check_min_samples: int
+    video: FrameSampler = FrameSampler()  # how videos become frames
 
 
 class Reader:
@@ -95,7 +97,8 @@ class Reader:
                 continue
             self.seen += 1
             try:
-                sample = decode_sample(raw, self.spec.max_image_pixels, self.spec.draft_size, self.spec.max_images)
+                sample = decode_sample(raw, self.spec.max_image_pixels, self.spec.draft_size, self.spec.max_images,
+                                       self.spec.video)
             except BadSample as bad:
                 self.count_bad(bad, raw)
                 continue

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -39,6 +40,7 @@ from .config import DataConfig, SourceConfig
 from .encode import SampleEncoder
 from .reader import Reader, ReaderSpec
 from .shards import check_shards_exist, expand_urls
+from .video import FrameSampler
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -59,6 +61,13 @@ class _Readers(IterableDataset):
             yield {**(batch or {}), "_slot": slot, "_state": state}
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave stop signals to the trainer, which finishes its step and saves; a worker that died
+    of Ctrl-C (its whole process group gets it) would take the run down with a traceback instead."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class DataStream:
     def __init__(self, spec: ReaderSpec, cfg: DataConfig, rank: int, world_size: int, split: str, fingerprint: str):
         self.spec, self.cfg, self.rank, self.world_size, self.split = spec, cfg, rank, world_size, split
@@ -73,7 +82,8 @@ class DataStream:
             # a tokenizer that used its thread pool before the fork can deadlock in the workers
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             batches = DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_workers,
-                                 prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory)
+                                 prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
+                                 worker_init_fn=_ignore_stop_signals)
         else:
             batches = dataset
         for batch in batches:
@@ -178,11 +188,21 @@ def build_stream(cfg: DataConfig, bundle, rank: int = 0, world_size: int = 1, sp
         batch_size=cfg.batch_size, pad_token_id=pad_token_id, padding_side=cfg.padding_side,
         max_image_pixels=cfg.max_image_pixels, max_images=cfg.max_images_per_sample, draft_size=draft_size(processor),
         max_bad_fraction=cfg.max_bad_fraction, bad_check_min_samples=cfg.bad_check_min_samples,
+        video=frame_sampler(cfg, processor, train),
     )
     # what decides which reader reads which sample: a saved position is only valid when it is unchanged
     layout = [[urls for urls, _, _ in expanded], cfg.seed, spec.shuffle, spec.block_size]
     fingerprint = hashlib.sha1(json.dumps(layout).encode()).hexdigest()[:16]
     return DataStream(spec, cfg, rank, world_size, split, fingerprint)
+
+
+def frame_sampler(cfg: DataConfig, processor, train: bool) -> FrameSampler:
+    """``data.video`` with the seed; frames per video also held within the visual-token budget (one crop each)."""
+    video, max_frames = cfg.video, cfg.video.max_frames
+    if cfg.max_visual_tokens_per_sample:
+        max_frames = max(1, min(max_frames, cfg.max_visual_tokens_per_sample // processor.image_seq_length))
+    return FrameSampler(max_frames=max_frames, fps=video.fps, max_seconds=video.max_seconds, seed=cfg.seed,
+                        jitter=video.jitter and train)
 
 
 def draft_size(processor) -> int | None:

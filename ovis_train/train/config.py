@@ -46,6 +46,8 @@ class TrainerConfig:
     warmup_ratio: float = 0.1  # share of max_steps with linear warmup, then cosine decay
     min_lr_ratio: float = 0.0  # cosine floor, as a share of each group's lr
     clip: float | None = 1.0  # max global grad norm; null disables clipping
+    # a step with a NaN/inf loss or grad norm is skipped (no update); this many in a row stop the run (exit 4)
+    max_nonfinite_steps: int = 5
     bf16: bool = False  # bf16 autocast (DeepSpeed: bf16 weights with fp32 master copies)
     grad_checkpointing: bool = False  # non-reentrant: works with a frozen first layer
     seed: int = 0
@@ -151,6 +153,7 @@ def validate(cfg: Config) -> None:
     _require(t.stop_at_step is None or t.stop_at_step >= 1, f"trainer.stop_at_step={t.stop_at_step}: >= 1 or null")
     _require(0 <= t.warmup_ratio <= 1, f"trainer.warmup_ratio={t.warmup_ratio}: must be in [0, 1]")
     _require(0 <= t.min_lr_ratio <= 1, f"trainer.min_lr_ratio={t.min_lr_ratio}: must be in [0, 1]")
+    _require(t.max_nonfinite_steps >= 1, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps}: must be >= 1")
     _require(len(t.betas) == 2, f"trainer.betas={t.betas}: give two numbers, e.g. [0.9, 0.999]")
     _require(t.peak_tflops is None or t.peak_tflops > 0, f"trainer.peak_tflops={t.peak_tflops}: > 0 or null")
     for key in ("save_every", "eval_every", "vet_health_every", "caption_eval_samples"):

@@ -72,7 +72,8 @@ def _deepspeed_plugin(cfg: Config):
         train_micro_batch_size_per_gpu=cfg.data.batch_size,
         gradient_accumulation_steps=cfg.trainer.grad_accum,
         gradient_clipping=cfg.trainer.clip or 0.0,
-        bf16={"enabled": cfg.trainer.bf16},
+        # skip (not apply) a step with NaN/inf gradients; fp32 ZeRO always does (ovis_train.train.guard)
+        bf16={"enabled": cfg.trainer.bf16, "check_grad_overflow": True},
     )
     ds.setdefault("steps_per_print", sys.maxsize)  # we log ourselves
     ds.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW: no C++ op build
@@ -146,9 +147,9 @@ def accelerator_session(cfg: Config):
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def exit_launched_process() -> None:
+def exit_launched_process(code: int = 0) -> None:
     """torch + gloo can abort at interpreter exit after all work is done; a launched rank skips it."""
     if is_launched():
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)

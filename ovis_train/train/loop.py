@@ -6,10 +6,14 @@ divided by the number of supervised tokens in that whole global batch (so a shor
 as much per token as a long one, whatever micro-batch it falls in). Each micro-batch's backward
 therefore carries ``token_loss_sum * grad_accum * world_size / global_tokens``: Accelerate (or
 DeepSpeed) divides by ``grad_accum`` and DDP / ZeRO average over ranks.
+
+A step whose loss or grad norm is not finite applies no update (``ovis_train.train.guard``); a stop
+signal ends the phase at the next step boundary with one checkpoint (``ovis_train.train.preempt``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -17,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 
 from ovis_train.data import build_stream
 from ovis_train.model import build_model, model_components
@@ -30,13 +34,15 @@ from ovis_train.train.distributed import (
     broadcast_from_main,
     gathered_parameters,
 )
-from ovis_train.train.errors import ConfigError
+from ovis_train.train.errors import Diverged, Stopped
 from ovis_train.train.evaluation import caption_accuracy, first_batches, loss_sums
 from ovis_train.train.flops import FlopCounter, peak_tflops, perf_metrics
 from ovis_train.train.freeze import resolve_freeze
+from ovis_train.train.guard import StepGuard, require_finite
 from ovis_train.train.loss import supervised_tokens, token_loss_sum
 from ovis_train.train.metrics import RunLogger, VetHealth, peak_memory_gb
 from ovis_train.train.optim import build_optimizer, build_scheduler
+from ovis_train.train.preempt import StopSignals
 from ovis_train.run import RunDir
 from ovis_train.train.state import Seen, TrainState, load_checkpoint, save_checkpoint
 
@@ -44,7 +50,12 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: Config) -> Path:
-    """Run (or resume) one phase; returns its run directory."""
+    """Run (or resume) one phase; returns its run directory. Stop signals from here on save first."""
+    with StopSignals() as stop:
+        return _train(cfg, stop)
+
+
+def _train(cfg: Config, stop: StopSignals) -> Path:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # it reports every file it saves at INFO
     t = cfg.trainer
     set_seed(t.seed)  # same initial weights on every rank
@@ -55,6 +66,7 @@ def train(cfg: Config) -> Path:
         bundle.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     flop_counter = FlopCounter(bundle.model)  # reads the freeze mask; before any wrapper shards the weights
 
+    stopped_at = None
     with accelerator_session(cfg) as accelerator:  # released even on errors (sweeps run members in-process)
         if accelerator.device.type == "cuda":  # memory/peak_gb: this phase's peak, not an earlier sweep member's
             torch.cuda.reset_peak_memory_stats(accelerator.device)
@@ -83,8 +95,19 @@ def train(cfg: Config) -> Path:
         batches = iter(stream)
         last_step = min(t.max_steps, t.stop_at_step or t.max_steps)
         saved_step = state.step if resume_from else None
+        last_checkpoint = resume_from
+        guard = StepGuard(t.max_nonfinite_steps, state.skipped_steps)
+
+        def save() -> Path:  # never a NaN/inf tensor (all ranks check their shards first)
+            with _bar_closed_on_error(logger):
+                require_finite(accelerator, model, optimizer, f"checkpoint step {state.step}")
+            return save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
+
         data_ended = False
         while state.step < last_step:
+            if stop.requested(accelerator):  # every rank agrees, before taking the next step's batches
+                stopped_at = state.step
+                break
             health.collecting = t.vet_health_every > 0
             start = time.perf_counter()
             micro_batches, data_wait = _next_micro_batches(batches, t.grad_accum)
@@ -93,16 +116,21 @@ def train(cfg: Config) -> Path:
                 data_ended = True
                 break
             lrs = _lrs(optimizer)  # the ones this step uses
-            loss, grad_norm, seen = train_step(
+            loss, grad_norm, seen, applied = train_step(
                 accelerator, model, optimizer, scheduler, trainable, micro_batches, t.clip
             )
             health.collecting = False
             state.step += 1
             state.add(seen)
+            guard.record(applied)
+            state.skipped_steps = guard.total
+            if not applied and accelerator.is_main_process:
+                log.warning("step %d: loss=%g, grad_norm=%g: not finite, update skipped (%d in a row, stop at %d)",
+                            state.step, loss, grad_norm, guard.streak, t.max_nonfinite_steps)
             seconds = time.perf_counter() - start
             metrics = {"loss": loss, "grad_norm": grad_norm, **lrs, "step_seconds": seconds,
                        "data_wait": data_wait / seconds, "tokens_per_s": seen.tokens / seconds,
-                       "images_per_s": seen.images / seconds,
+                       "images_per_s": seen.images / seconds, "train/skipped_steps": guard.total,
                        "memory/peak_gb": peak_memory_gb(accelerator.device),
                        **perf_metrics(flop_counter.total(micro_batches), seconds, peak)}
             if t.vet_health_every and state.step % t.vet_health_every == 0:
@@ -110,19 +138,35 @@ def train(cfg: Config) -> Path:
             if t.eval_every and state.step % t.eval_every == 0:
                 metrics["eval/loss"] = _evaluate(accelerator, model, cfg, bundle)
             logger.log(state.step, metrics)
+            with _bar_closed_on_error(logger):
+                guard.check(state.step, loss, grad_norm, last_checkpoint)
             if t.save_every and state.step % t.save_every == 0:
-                save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
+                last_checkpoint = save()
                 saved_step = state.step
 
-        if t.caption_eval_samples:
+        if t.caption_eval_samples and stopped_at is None:
             logger.log(state.step, {"eval/caption_accuracy": _caption_accuracy(accelerator, cfg, bundle)})
         if saved_step != state.step:
-            save_checkpoint(accelerator, run_dir, state, stream, config_yaml, t.keep_last)
-        if t.export and (state.step >= t.max_steps or data_ended):
+            last_checkpoint = save()
+        if t.export and stopped_at is None and (state.step >= t.max_steps or data_ended):
             _export(accelerator, bundle, RunDir(run_dir).export)
         logger.close()
         health.close()
+        is_main = accelerator.is_main_process
+    if stopped_at is not None:
+        message = f"stopped at step {stopped_at}; resume with resume=auto run_dir={run_dir} ({stop.name})"
+        raise Stopped(message if is_main else "")
     return run_dir
+
+
+@contextlib.contextmanager
+def _bar_closed_on_error(logger):
+    """The entry point's one-line error then starts a line of its own, not after the progress bar."""
+    try:
+        yield
+    except Diverged:
+        logger.close()
+        raise
 
 
 def _build_bundle(cfg: Config):
@@ -142,25 +186,45 @@ def _next_micro_batches(batches, n: int) -> tuple[list[dict], float]:
 
 
 def train_step(accelerator, model, optimizer, scheduler, trainable, micro_batches, clip):
-    """One optimizer step over ``micro_batches``; returns (loss, grad norm, global counts)."""
+    """One optimizer step over ``micro_batches``; returns (loss, grad norm, global counts, applied).
+
+    ``applied`` is False when the loss or the grad norm was not finite on some rank: then no weight,
+    moment or loss scale changed, and the lr schedule advanced all the same (``ovis_train.train.guard``).
+    """
     seen = all_reduce_sum(accelerator, _count(micro_batches))
     seen = Seen(*(int(v) for v in seen))
     scale = len(micro_batches) * accelerator.num_processes / seen.supervised_tokens  # module docstring
-    loss_sum, grad_norm = 0.0, float("nan")
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    loss_sum, loss, grad_norm, applied = 0.0, float("nan"), float("nan"), False
     for batch in micro_batches:
         with accelerator.accumulate(model):
             token_loss = token_loss_sum(model, batch, accelerator.device)
-            accelerator.backward(token_loss * scale)
             loss_sum += float(token_loss.detach())
+            if accelerator.sync_gradients:  # last micro-batch: know the step's loss before anything steps
+                loss = float(all_reduce_sum(accelerator, [loss_sum])[0]) / seen.supervised_tokens
+                if not math.isfinite(loss):  # on any rank: make every rank's gradients say so (DeepSpeed skips)
+                    token_loss = token_loss * math.nan
+            accelerator.backward(token_loss * scale)  # under DeepSpeed this also runs (or skips) the step
             if accelerator.sync_gradients:
                 grad_norm = float(accelerator.clip_grad_norm_(trainable, clip or math.inf))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                if deepspeed:  # DeepSpeed skips a step whose global grad norm is not finite, on every rank
+                    applied = not optimizer.step_was_skipped
+                    if applied and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                        raise RuntimeError(f"DeepSpeed applied a step with loss={loss}, grad_norm={grad_norm}; "
+                                           "keep its bf16.check_grad_overflow / zero_optimization.compute_grad_norm on")
+                else:  # DDP grads are identical on every rank; the all-reduce makes the verdict so regardless
+                    bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
+                    applied = all_reduce_sum(accelerator, [bad])[0] == 0
+                    if applied:
+                        optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
     if not accelerator.sync_gradients:
         raise RuntimeError("gradient accumulation went out of step with the optimizer; please report this")
-    scheduler.step()
-    loss = float(all_reduce_sum(accelerator, [loss_sum])[0]) / seen.supervised_tokens
-    return loss, grad_norm, seen
+    if deepspeed and not applied:
+        scheduler.scheduler.step()  # the engine steps the schedule only with an applied update
+    else:
+        scheduler.step()  # a no-op wrapper under DeepSpeed, whose engine stepped it
+    return loss, grad_norm, seen, applied
 
 
 def _count(micro_batches) -> list[int]:
@@ -236,6 +300,7 @@ def _config_dict(config_yaml: str) -> dict:
 def _export(accelerator, bundle, path: Path) -> None:
     """The phase's result as a from_pretrained folder; the next phase starts from it (init_from)."""
     with gathered_parameters(accelerator, bundle.model):
+        require_finite(accelerator, bundle.model, None, f"export {path}")
         if accelerator.is_main_process:
             bundle.save_pretrained(str(path))
     accelerator.wait_for_everyone()

@@ -5,7 +5,7 @@ Folder contents (written atomically by ``checkpoint.save_atomic``):
   ``random_states_<rank>.pkl`` (python, numpy, torch, CUDA RNG of every rank); under DeepSpeed the
   model and its sharded optimizer live in ``pytorch_model/`` instead;
 - ``dataloader_rank<r>.json``: each rank's data stream position (exact resume);
-- ``train_state.json``: step, tokens / images / samples seen, world size;
+- ``train_state.json``: step, tokens / images / samples seen, skipped steps, world size;
 - ``config.yaml``: the resolved run config; ``COMPLETE``: the marker.
 """
 
@@ -41,6 +41,7 @@ class TrainState:
     images_seen: int = 0
     samples_seen: int = 0
     world_size: int = 1
+    skipped_steps: int = 0  # steps whose loss or grad norm was not finite (no update; ovis_train.train.guard)
 
     def add(self, seen: Seen) -> None:
         self.tokens_seen += seen.tokens
