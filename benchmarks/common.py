@@ -174,12 +174,14 @@ def build_phase(cfg):
 
 
 def collect_batches(cfg, bundle, n: int) -> list[dict]:
-    """The first n batches of the run's own data stream, held in memory (no data cost in the loops)."""
+    """The first n batches of the run's own data stream, held in memory (no data cost in the loops), pixels
+    normalised already (the stream ships uint8; the trainer normalises on the device)."""
     from ovis_train.data import build_stream
+    from ovis_train.data.images import normalize_pixels
 
     batches = []
     for batch in build_stream(cfg.data, bundle):
-        batches.append(batch)
+        batches.append(normalize_pixels(batch))
         if len(batches) == n:
             return batches
     raise RuntimeError(f"the data stream ended after {len(batches)} batches, {n} needed")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .encode import IGNORE_INDEX, EncodedSample
+from .images import stack_image_inputs
 
 
 class NoSupervisedTokens(ValueError):
@@ -21,7 +22,8 @@ class NoSupervisedTokens(ValueError):
 
 def collate(samples: list[EncodedSample], pad_token_id: int, padding_side: str, keys: list[str] | None = None) -> dict:
     """Pad to the longest sample. Output keys: input_ids, attention_mask, labels, the processor's
-    image tensors concatenated over images (pixel_values, ...; absent when no sample has an image),
+    image tensors concatenated over images (pixel_values as uint8 + pixel_mean, pixel_std: normalise on the
+    device with ``normalize_pixels``; absent when no sample has an image),
     plain-int counts n_samples, n_images, and the sample keys (debugging)."""
     length = max(len(s.input_ids) for s in samples)
     input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
@@ -74,7 +76,6 @@ def _with_images_and_counts(batch: dict, samples: list[EncodedSample], keys, n_t
             "the loss would be a silent zero; check the captions/assistant turns and data.max_length"
         )
     image_inputs = [inputs for sample in samples for inputs in sample.image_inputs]
-    for key in image_inputs[0] if image_inputs else ():
-        batch[key] = torch.cat([inputs[key] for inputs in image_inputs])
+    batch.update(stack_image_inputs(image_inputs))
     batch.update(n_samples=len(samples), n_images=len(image_inputs), n_tokens=n_tokens, keys=list(keys or []))
     return batch

@@ -7,9 +7,10 @@ It is cut into segments, each tokenized on its own: unsupervised prompt text (sy
 template's role headers, image markers) and supervised answers (a caption; an assistant turn through its
 end-of-turn token). Segments belong to turns (a prompt and its answer).
 
-Batching. All images of a batch go through one image-processor call (per crop limit, see below); its
-``grids`` say how many crops belong to which image, and the processor's own ``replace_image_token``
-gives each marker's placeholder block. All texts then go through one tokenizer call.
+Batching. Every image of a batch is cropped and resized by the processor's rules on uint8 (images.py:
+equal to the processor's output once normalised, which happens on the device); each image's grid and
+the processor's own ``replace_image_token`` give its marker's placeholder block. All texts then go
+through one tokenizer call; caption prompts (few distinct texts) are tokenized once and cached.
 
 Multi-crop budget. With ``max_visual_tokens`` set, a sample's images get at most that many visual tokens
 together: the crop grid per image shrinks (never below one crop, as Ovis2 does for several images); no
@@ -29,8 +30,10 @@ import torch
 
 from .config import IMAGE_MARKER, VIDEO_MARKER
 from .decode import BadSample, DecodedSample
+from .images import ImagePreparer
 
 IGNORE_INDEX = -100
+PROMPT_CACHE_SIZE = 4096  # distinct caption prompts kept tokenized (templates x crop grids)
 MARKER_KIND = {IMAGE_MARKER: "image", VIDEO_MARKER: "video"}
 PART_MARKER = {"image": IMAGE_MARKER, "video": VIDEO_MARKER}  # content parts {"type": "image" | "video"}
 _MARKERS = re.compile(f"{re.escape(IMAGE_MARKER)}|{re.escape(VIDEO_MARKER)}")
@@ -75,6 +78,8 @@ class SampleEncoder:
         self.end_of_turn_id = tokenizer.eos_token_id
         image_processor = processor.image_processor
         self.max_crops = image_processor.max_patches if image_processor.crop_to_patches else 1
+        self.images = ImagePreparer(image_processor)
+        self.prompt_ids: dict[str, list[int]] = {}  # caption prompt (markers expanded) -> ids, per template
 
     def encode_many(self, items: list[tuple[DecodedSample, str]]) -> list[EncodedSample | BadSample]:
         """(sample, caption template) pairs -> encoded samples or the BadSample each one raised, in order."""
@@ -185,18 +190,12 @@ class SampleEncoder:
         return failed
 
     def images_batch(self, images: list, max_crops: int) -> list[tuple[dict, str]]:
-        """(per-image processor output, placeholder text) for each image, from one processor call."""
-        processed = self.processor.image_processor(images, return_tensors="pt", max_patches=max_crops)
-        grids = [tuple(grid) for grid in processed["grids"].tolist()]
-        crops = [rows * cols + (rows * cols > 1) for rows, cols in grids]  # a thumbnail before a grid
-        tensors = {k: v for k, v in processed.items() if k != "grids" and isinstance(v, torch.Tensor)}
-        if any(v.shape[0] != sum(crops) for v in tensors.values()):
-            raise RuntimeError(f"the image processor returned {[tuple(v.shape) for v in tensors.values()]} for "
-                               f"grids {grids}: crops per image cannot be told apart")
-        starts = [sum(crops[:i]) for i in range(len(crops))]
-        return [({k: v[start: start + n] for k, v in tensors.items()},
-                 self.processor.replace_image_token(processed, image_idx=i))
-                for i, (start, n) in enumerate(zip(starts, crops))]
+        """(per-image uint8 inputs, placeholder text) for each image: the processor's crops and grids,
+        made by the fast path (images.py), normalised later on the device."""
+        prepared = self.images.prepare(images, max_crops)
+        grids = {"grids": torch.tensor([grid for _, grid in prepared])}
+        return [(inputs, self.processor.replace_image_token(grids, image_idx=i))
+                for i, (inputs, _) in enumerate(prepared)]
 
     def one_image(self, image, max_crops: int):
         try:
@@ -210,10 +209,21 @@ class SampleEncoder:
         segments = [segment for sample in samples for segment in sample]
         for special in (False, True):
             group = [s for s in segments if s.special_tokens == special]
-            if group:
-                ids = self.tokenizer([s.text for s in group], add_special_tokens=special)["input_ids"]
-                for segment, segment_ids in zip(group, ids):
-                    segment.ids = segment_ids + ([self.tokenizer.eos_token_id] if segment.add_eos else [])
+            if not group:
+                continue
+            texts = [s.text for s in group]
+            ids = self.cached_prompt_ids(texts) if special else self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            for segment, segment_ids in zip(group, ids):
+                segment.ids = list(segment_ids) + ([self.tokenizer.eos_token_id] if segment.add_eos else [])
+
+    def cached_prompt_ids(self, texts: list[str]) -> list[list[int]]:
+        """Caption prompts repeat (one text per template and crop grid): each is tokenized once."""
+        misses = sorted(set(texts) - self.prompt_ids.keys())
+        if misses:
+            if len(self.prompt_ids) + len(misses) > PROMPT_CACHE_SIZE:
+                self.prompt_ids.clear()
+            self.prompt_ids.update(zip(misses, self.tokenizer(misses, add_special_tokens=True)["input_ids"]))
+        return [self.prompt_ids[text] for text in texts]
 
     # --- one sample -----------------------------------------------------------------------------------
 

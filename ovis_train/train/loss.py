@@ -6,10 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from ovis_train.data import IGNORE_INDEX
+from ovis_train.data.images import NORM_KEYS, normalize_pixels
 
 # A packed batch has position_ids and no attention_mask (see ovis_train/data/collate.py): with use_cache=False that is
 # what makes transformers give each packed sample its own causal mask.
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pixel_values")
+
+
+def model_inputs(batch: dict, device) -> dict:
+    """The forward's tensors on the device; uint8 pixels (as the stream ships them) normalised there."""
+    return normalize_pixels({k: batch[k].to(device) for k in MODEL_INPUTS + NORM_KEYS if k in batch})
 
 
 def supervised_tokens(labels: torch.Tensor) -> int:
@@ -19,7 +25,7 @@ def supervised_tokens(labels: torch.Tensor) -> int:
 
 def token_loss_sum(model, batch: dict, device) -> torch.Tensor:
     """Sum (not mean) of next-token losses; logits only where the next token carries loss."""
-    inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+    inputs = model_inputs(batch, device)
     targets = batch["labels"][:, 1:].to(device)
     keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
