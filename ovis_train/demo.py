@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--p1-steps", type=int, help="default: the recipe's (120)")
     parser.add_argument("--p2-steps", type=int, help="default: the recipe's (100)")
     parser.add_argument("--batch-size", type=int, help="default: the data config's (32)")
-    parser.add_argument("--p3-steps", type=int, help="default: the recipe's (60); 0 skips P3")
+    parser.add_argument("--p3-steps", type=int, help="default: the recipe's (40); 0 skips P3")
     parser.add_argument("--eval-samples", type=int, default=200, help="held-out images scored per evaluation")
     parser.add_argument("--answer-samples", type=int, default=200,
                         help="held-out conversations scored before and after P3 (question kinds take turns)")

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -157,14 +158,18 @@ def test_answer_accuracy_per_kind_with_hand_made_answers(tmp_path, monkeypatch):
     replies = {"w0": "The first.", "w1": "the first", "w2": "first", "c0": "two", "c1": "zero", "c2": "2", "c3": "three"}
     seen = []
 
-    def answer_by_key(bundle, conversations, images, **kw):
+    def answer_by_key(bundle, conversations, images, max_new_tokens):
         seen.extend(len(i) for i in images)
+        budgets.add(max_new_tokens)
         return [replies[keys.pop(0)] for _ in conversations]
 
-    keys = ["w0", "w1", "w2", "c0", "c1", "c2", "c3"]
+    keys, budgets = ["w0", "w1", "w2", "c0", "c1", "c2", "c3"], set()
     monkeypatch.setattr(evaluation, "chat", answer_by_key)
-    score = answer_accuracy(None, str(tmp_path / "heldout-000000.tar"), limit=20, batch_size=3)
+    words = SimpleNamespace(processor=SimpleNamespace(tokenizer=lambda text, add_special_tokens: {"input_ids": text.split()}))
+    score = answer_accuracy(words, str(tmp_path / "heldout-000000.tar"), limit=20, batch_size=3)
     assert seen == [2, 2, 2, 0, 0, 0, 0]
+    longest = max(len(reference.split()) for _, reference, _ in score.examples)  # the budget follows the references
+    assert budgets == {longest + evaluation.ANSWER_SLACK}
     assert score.n == 7 and score.accuracy == pytest.approx(5 / 7)
     assert score.per_kind["which_of_two"].accuracy == pytest.approx(2 / 3)
     assert score.per_kind["which_of_two"].majority == pytest.approx(2 / 3)  # "first" twice of three

@@ -113,10 +113,15 @@ class AnswerScore:
     bad_counts: dict[str, int] = field(default_factory=dict)
 
 
-def answer_accuracy(bundle, urls, limit: int = 200, batch_size: int = 16, max_new_tokens: int = 16) -> AnswerScore:
+ANSWER_SLACK = 4  # tokens allowed past the longest reference answer (articles, punctuation normalised away)
+
+
+def answer_accuracy(bundle, urls, limit: int = 200, batch_size: int = 16, max_new_tokens: int | None = None) -> AnswerScore:
     """Exact-match accuracy (normalised) of greedy answers to the final assistant turn of the first
     ``limit`` held-out conversations; a conversation not ending with an assistant turn counts as
-    ``no_final_answer``."""
+    ``no_final_answer``. ``max_new_tokens`` defaults to the longest reference answer's token count plus
+    ``ANSWER_SLACK``: an answer much longer than every reference cannot normalise to one of them, and an
+    untrained model that never stops would otherwise cost the full budget on every batch."""
     bad = Counter()
     prompts = []  # (sample, messages before the final answer, reference answer)
     for sample in heldout_samples(urls, limit, bad, conversations=True):
@@ -131,6 +136,10 @@ def answer_accuracy(bundle, urls, limit: int = 200, batch_size: int = 16, max_ne
         prompts.append((sample, messages[:-1], messages[-1]["content"]))
     if not prompts:
         raise ValueError(f"no decodable held-out conversation ending with an answer in {urls!r} (skipped: {dict(bad)})")
+    if max_new_tokens is None:
+        tokenizer = bundle.processor.tokenizer
+        longest = max(len(tokenizer(reference, add_special_tokens=False)["input_ids"]) for _, _, reference in prompts)
+        max_new_tokens = longest + ANSWER_SLACK
     hits, examples, by_kind = 0, [], {}
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
