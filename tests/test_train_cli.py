@@ -27,6 +27,7 @@ def run_cli(tmp_path, *overrides, logger="none", wandb_mode="disabled"):
         ("phase.rules.0.match=re:nothing\\..*", "matches no parameter"),
         ("trainer.max_stepz=3", "Key 'max_stepz' not in 'TrainerConfig'"),
         ("model.visual_vocab_size=5", "model.visual_vocab_size=5 must be larger than model.num_indicator_tokens=5"),
+        ("data=shards", "data.sources is empty"),  # the own-shards config until its patterns are given
     ],
 )
 def test_config_mistakes_end_with_one_error_line_and_no_checkpoint(tmp_path, override, message):
