@@ -18,6 +18,7 @@ from PIL import Image
 from ovis_train.errors import ConfigError
 
 from .config import DataConfig
+from .cursor import empty_shards_message, shard_list
 from .decode import BadSample, DecodedSample
 from .encode import IGNORE_INDEX
 from .reader import Reader
@@ -72,13 +73,12 @@ def _first_batch_problem(stream, index: int, name: str, rank: int) -> str | None
             return f"{what}: {e}"
         if batch is not None:
             return None
-        listed = ", ".join(repr(u) for u in urls[:3]) + (f" and {len(urls) - 3} more" if len(urls) > 3 else "")
         if reader.seen == 0:  # (the cursor reports this first; kept for a reader without a cursor check)
-            return f"{what}: shard(s) {listed} hold no sample at all; remove the empty shard(s) or rebuild them"
+            return f"{what}: {empty_shards_message(urls)}"
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(reader.bad.items()))
         fix = (f"raise data.max_length (now {spec.encoder.max_length}) or shorten the template"
                if set(reader.bad) == {"too_long"} else "fix or rebuild the shards (python -m ovis_train.data.make_shards)")
-        return f"{what}: none of the {reader.seen} samples in shard(s) {listed} is usable ({reasons}); {fix}"
+        return f"{what}: none of the {reader.seen} samples in {shard_list(urls)} is usable ({reasons}); {fix}"
     if owned == 0:
         n_urls = len(spec.sources[index][0])
         return (f"{what}: rank {rank} gets none of its {n_urls} shard(s) ({spec.n_readers} readers: ranks x "

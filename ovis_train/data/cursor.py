@@ -68,10 +68,7 @@ class SourceCursor:
         if self.epoch_yielded or not shards:  # no shard at all: a finite epoch may leave a reader without one
             return
         share = "" if self.n_readers == 1 else f" (reader {self.reader} of {self.n_readers}, epoch {self.epoch})"
-        raise ConfigError(
-            f"{_names(shards)}{share} {'holds' if len(shards) == 1 else 'hold'} no sample at all; "
-            "remove the empty shard(s) from the source's urls or rebuild them"
-        )
+        raise ConfigError(empty_shards_message(shards, share))
 
     def epoch_shards(self) -> list[str]:
         return shard_io.shards_for_reader(self.urls, self.reader, self.n_readers, self.epoch, self.seed, self.shuffle)
@@ -100,7 +97,13 @@ class SourceCursor:
         return sample
 
 
-def _names(urls: list[str], limit: int = 3) -> str:
+def shard_list(urls: list[str], limit: int = 3) -> str:
+    """"shard 'a.tar'" or "shards 'a.tar', 'b.tar', 'c.tar' and 4 more", for one-line errors."""
     listed = ", ".join(repr(u) for u in urls[:limit])
     more = f" and {len(urls) - limit} more" if len(urls) > limit else ""
     return f"shard {listed}" if len(urls) == 1 else f"shards {listed}{more}"
+
+
+def empty_shards_message(shards: list[str], share: str = "") -> str:
+    return (f"{shard_list(shards)}{share} {'holds' if len(shards) == 1 else 'hold'} no sample at all; "
+            "remove the empty shard(s) from the source's urls or rebuild them")
