@@ -73,6 +73,7 @@ def plan_start(cfg: Config, run_dir: str | Path) -> Start:
     saved_config = resume_from / CONFIG_FILE
     checkpoint_config = yaml.safe_load(saved_config.read_text()) if saved_config.is_file() else None
     same_dir = resume_from.resolve().parent == RunDir(run_dir).checkpoints.resolve()
+    owner = _checkpoint_run_id(resume_from)
     if same_dir:
         newer = [p.name for p in complete_checkpoints(resume_from.parent) if step_of(p) > step_of(resume_from)]
         if newer:
@@ -81,20 +82,19 @@ def plan_start(cfg: Config, run_dir: str | Path) -> Start:
                 "one here would mix two continuations; resume it into a new run_dir "
                 f"(run_dir=<new folder> resume={resume_from}) or move the newer ones out of checkpoints/"
             )
-        owner = _checkpoint_run_id(resume_from)
         if saved and owner and owner != saved["id"]:
             raise ConfigError(f"{resume_from} belongs to run {owner}, but {run_dir} records run {saved['id']} "
                               f"({IDENTITY_FILE}); resume it into a new run_dir")
-    elif _held(run_dir):
+    elif held := _held(run_dir):
         raise ConfigError(
-            f"resume={cfg.resume} into run_dir={run_dir}, which already holds another run ({_held(run_dir)}); "
+            f"resume={cfg.resume} into run_dir={run_dir}, which already holds another run ({held}); "
             "resume into a new run_dir"
         )
     notes = _compare(cfg, checkpoint_config, resume_from) if checkpoint_config else []
     if same_dir and saved:
         identity = dict(saved)
-    elif same_dir and _checkpoint_run_id(resume_from):  # a run directory from before run.json
-        identity = {**new_identity(), "id": _checkpoint_run_id(resume_from)}
+    elif same_dir and owner:  # a run directory from before run.json
+        identity = {**new_identity(), "id": owner}
     else:
         identity = {**new_identity(), "branched_from": str(resume_from)}
     return Start(resume_from, identity, notes=notes)
