@@ -199,18 +199,29 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_chosen(tm
 
 # ---------------------------------------------------------------- damaged checkpoints, bad paths
 
+def trained_run(tmp_path_factory, name, *overrides):
+    """A run trained once per module into its own folder; tests work on copies (copy_of)."""
+    run_dir = tmp_path_factory.mktemp(name)
+    os.environ["OVIS_TRAIN_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    train(config(run_dir, *overrides))
+    return run_dir
+
+
+def copy_of(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(run_dir), str(copy)], check=True)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("finished")
-    os.environ["OVIS_TRAIN_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
-    train(config(run_dir, "trainer.max_steps=2", "trainer.stop_at_step=1", "trainer.save_every=1"))
-    return run_dir
+    return trained_run(tmp_path_factory, "finished", "trainer.max_steps=2", "trainer.stop_at_step=1",
+                       "trainer.save_every=1")
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin", "random_states_0.pkl"])
 def test_a_truncated_checkpoint_file_is_named_and_nothing_is_written(finished_run, tmp_path, name):
-    run_dir = tmp_path / "run"
-    subprocess.run(["cp", "-r", str(finished_run), str(run_dir)], check=True)
+    run_dir = copy_of(finished_run, tmp_path)
     damaged = run_dir / "checkpoints" / "step_00000001" / name
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     metrics = (run_dir / "metrics.jsonl").read_text()
@@ -243,16 +254,7 @@ def test_a_run_dir_that_is_a_file_is_refused_before_anything_is_built(tmp_path, 
 @pytest.fixture(scope="module")
 def done_run(tmp_path_factory):
     """A finished 2-step run: checkpoints step 1 and 2, an export, run.json."""
-    run_dir = tmp_path_factory.mktemp("done")
-    os.environ["OVIS_TRAIN_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
-    train(config(run_dir, "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_last=null"))
-    return run_dir
-
-
-def copy_of(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    subprocess.run(["cp", "-r", str(run_dir), str(copy)], check=True)
-    return copy
+    return trained_run(tmp_path_factory, "done", "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_last=null")
 
 
 def snapshot(run_dir):
