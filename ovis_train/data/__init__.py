@@ -10,7 +10,8 @@
 Modules: config (dataclasses), shards (URLs, tar reading), cursor (resumable position),
 decode (bytes -> RGB images + caption / conversation, bad-sample reasons), encode (a batch through one
 image-processor and one tokenizer call -> ids + labels, turn-level truncation),
-collate (padding; packed rows), reader (one worker's pipeline), stream (workers, state, build_stream),
+collate (padding; packed rows), reader (one worker's pipeline), transport (a worker's batch as one
+shared-memory block), stream (workers, state, build_stream),
 writer / synthetic / inputs (formats, held-out split) / offline_datasets / make_shards (making shards).
 The resume guarantee is documented in ``stream.py``.
 """

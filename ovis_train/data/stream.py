@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ovis_train.errors import ConfigError
 
+from . import transport
 from .config import DataConfig, SourceConfig
 from .encode import SampleEncoder
 from .reader import Reader, ReaderSpec
@@ -61,6 +62,8 @@ class _Readers(IterableDataset):
         slot = (self.next_slot + (info.id if info else 0)) % n_slots  # resume the round-robin where it stopped
         reader = Reader(self.spec, self.rank * n_slots + slot, self.states[slot])
         for batch, state in reader.batches():
+            if batch and info is not None:  # in a worker: the batch crosses to the trainer as one block
+                batch = transport.pack(batch)
             yield {**(batch or {}), "_slot": slot, "_state": state}
 
 
@@ -105,7 +108,7 @@ class DataStream:
             self.states[slot] = batch.pop("_state")
             if batch:  # else: the reader's final state, after its last batch
                 self.next_slot = (slot + 1) % self.n_slots
-                yield batch
+                yield transport.unpack(batch)
 
     def _summed(self, field: str) -> dict[str, int]:
         counts: dict[str, int] = {}
