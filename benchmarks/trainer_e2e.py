@@ -10,12 +10,18 @@ DataLoader workers, attention implementation and dtype, each trainer with its ow
 - beside them, the loop-only figure: the Trainer on pre-collated batches of our stream, 0 workers
   (trainer_overhead.py's contender), against ovis-train's step time without its data wait.
 
-samples/s = batch x timed steps / wall time of those steps (data waits included, warm-up steps
+samples/s = samples in the timed steps / wall time of those steps (data waits included, warm-up steps
 excluded); peak memory: the CUDA allocator's peak on a GPU, on CPU the main process's peak RSS above
 its RSS before the model was built (DataLoader workers are separate processes, not counted).
 
     python -m benchmarks.trainer_e2e                          # tiny preset, P1, ~2 min
     python -m benchmarks.trainer_e2e --preset demo --steps 8  # SmolLM2-135M + EfficientNet-Lite0
+    python -m benchmarks.trainer_e2e --variable-length        # mixed caption lengths; ovis-train packs
+
+``--variable-length`` writes caption shards whose lengths vary as P2 data does (60% short captions, 40%
+with 20-200 more words) and feeds both trainers those; ovis-train packs them (``data.packing=true``,
+rows of ``data.max_length`` tokens, ``--batch-size`` rows a step), the Trainer pads its batches as the
+official code does. samples/s then counts samples, not rows.
 """
 
 from __future__ import annotations
@@ -45,25 +51,52 @@ from benchmarks.trainer_overhead import run_hf_trainer
 IGNORE_INDEX = -100
 
 
-def _overrides(batch_size: int, workers: int, bf16: bool) -> list[str]:
-    return [f"data.batch_size={batch_size}", f"data.num_workers={workers}", f"trainer.bf16={str(bf16).lower()}"]
+FILLER = "drawn on a light grey background with a plain fill and no outline, seen from straight above".split()
+
+
+def _overrides(batch_size: int, workers: int, bf16: bool, shards: str | None = None) -> list[str]:
+    """The data overrides both trainers share; ``shards``: variable-length shards in place of the synthetic ones."""
+    out = [f"data.batch_size={batch_size}", f"data.num_workers={workers}", f"trainer.bf16={str(bf16).lower()}"]
+    return out + ([f"data.sources.0.urls='{shards}'"] if shards else [])
+
+
+def write_variable_length_shards(folder: str, n_samples: int = 256, seed: int = 0) -> str:
+    """Synthetic shapes whose captions run on for 20-200 more words in 40% of the samples; the shards' pattern."""
+    import numpy as np
+
+    from ovis_train.data.synthetic import synthetic_samples
+    from ovis_train.data.writer import write_shards
+
+    rng = np.random.default_rng(seed)
+
+    def samples():
+        for sample in synthetic_samples(n_samples, seed, key_prefix="varlen"):
+            extra = 0 if rng.random() < 0.6 else int(rng.integers(20, 201))
+            yield {**sample, "txt": " ".join([sample["txt"], *(FILLER[i % len(FILLER)] for i in range(extra))])}
+
+    paths = write_shards(samples(), folder, 16, prefix="varlen")
+    return os.path.join(folder, f"varlen-{{000000..{len(paths) - 1:06d}}}.tar")
 
 
 def run_ovis_train(preset: str, phase: str, steps: int, warmup: int, batch_size: int, workers: int, bf16: bool,
-                   threads: int) -> dict:
+                   threads: int, shards: str | None = None) -> dict:
     from ovis_train.train.loop import train
     from ovis_train.run import RunDir
 
     set_threads(threads)
+    packing = ["data.packing=true"] if shards else []
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_config(preset, phase, steps + warmup, run_dir, _overrides(batch_size, workers, bf16))
+        cfg = compose_config(preset, phase, steps + warmup, run_dir, _overrides(batch_size, workers, bf16, shards) + packing)
         with PeakMemory() as memory:
             train(cfg)
         rows = RunDir(run_dir).read_metrics()[warmup:]
     seconds = sum(r["step_seconds"] for r in rows)
-    return {"samples_per_s": batch_size * len(rows) / seconds, "peak_mib": memory.mib,
+    samples = sum(batch_size * r["data/samples_per_row"] for r in rows)  # packed rows hold several samples
+    return {"samples_per_s": samples / seconds, "peak_mib": memory.mib,
             "compute_s": statistics.median(r["step_seconds"] * (1 - r["data_wait"]) for r in rows),
             "data_wait": statistics.median(r["data_wait"] for r in rows),
+            "samples_per_row": statistics.mean(r["data/samples_per_row"] for r in rows),
+            "padding": statistics.mean(r["data/padding_fraction"] for r in rows),
             "attn": cfg.model.attn_implementation, "dtype": cfg.model.dtype}
 
 
@@ -134,11 +167,11 @@ class PadCollator:
 
 
 def run_hf_trainer_e2e(preset: str, phase: str, steps: int, warmup: int, batch_size: int, workers: int, bf16: bool,
-                       threads: int) -> dict:
+                       threads: int, shards: str | None = None) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     set_threads(threads)
-    cfg = compose_config(preset, phase, steps + warmup, "unused", _overrides(batch_size, workers, bf16))
+    cfg = compose_config(preset, phase, steps + warmup, "unused", _overrides(batch_size, workers, bf16, shards))
 
     class StepTimes(TrainerCallback):
         def __init__(self):
@@ -179,30 +212,48 @@ def main(argv=None) -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in both trainers")
     parser.add_argument("--threads", type=int, default=1, help=CPU_THREADS_HELP)
     parser.add_argument("--repeat", type=int, default=1, help="alternating rounds; each contender keeps its fastest")
+    parser.add_argument("--variable-length", action="store_true",
+                        help="mixed caption lengths (written to a temporary folder): ovis-train packs, the Trainer pads")
     args = parser.parse_args(argv)
     steps = args.steps or (60 if args.preset == "tiny" else 8)
     common = dict(preset=args.preset, phase=args.phase, steps=steps, warmup=args.warmup, batch_size=args.batch_size,
                   workers=args.workers, bf16=args.bf16, threads=args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        shards = write_variable_length_shards(folder) if args.variable_length else None
+        best = _race(common, shards, args.repeat)
+    _report(args, steps, best, shards is not None)
+
+
+def _race(common: dict, shards: str | None, repeat: int) -> dict:
+    """Each contender in its own process, alternating rounds; the loop-only contender reads pre-collated
+    fixed-length batches, so it runs only without ``shards``."""
     module = "benchmarks.trainer_e2e"
     contenders = {
-        "ours": (module, "run_ovis_train", common, "samples_per_s"),
-        "hf": (module, "run_hf_trainer_e2e", common, "samples_per_s"),
-        "loop_only": ("benchmarks.trainer_overhead", "run_hf_trainer",
-                      {k: v for k, v in common.items() if k != "workers"}, "step_s"),
+        "ours": (module, "run_ovis_train", {**common, "shards": shards}, "samples_per_s"),
+        "hf": (module, "run_hf_trainer_e2e", {**common, "shards": shards}, "samples_per_s"),
     }
+    if shards is None:
+        contenders["loop_only"] = ("benchmarks.trainer_overhead", "run_hf_trainer",
+                                   {k: v for k, v in common.items() if k != "workers"}, "step_s")
     best = {}
-    for _ in range(args.repeat):  # load from other jobs only ever slows a round down
+    for _ in range(repeat):  # load from other jobs only ever slows a round down
         for name, (mod, function, kwargs, key) in contenders.items():
             r = run_isolated(mod, function, kwargs)
             better = name not in best or (r[key] < best[name][key] if key == "step_s" else r[key] > best[name][key])
             best[name] = r if better else best[name]
-    ours, hf, loop_only = best["ours"], best["hf"], best["loop_only"]
+    return best
+
+
+def _report(args, steps: int, best: dict, variable_length: bool) -> None:
+    ours, hf, loop_only = best["ours"], best["hf"], best.get("loop_only")
+    data = ("the same variable-length caption shards (ovis-train packs them, the Trainer pads)" if variable_length
+            else "same synthetic shards")
 
     print(machine_line())
     print(f"# {args.preset} preset, phase {args.phase}, batch {args.batch_size}, {args.workers} DataLoader worker(s) "
           f"each, {steps} timed steps after {args.warmup} warm-up, attention {ours['attn']}, weights {ours['dtype']}, "
-          f"bf16 autocast={args.bf16}, {args.threads} thread(s), best of {args.repeat} round(s); same synthetic shards, freeze mask ({args.phase}), "
-          "optimizer and seed")
+          f"bf16 autocast={args.bf16}, {args.threads} thread(s), best of {args.repeat} round(s); {data}, same freeze mask "
+          f"({args.phase}), optimizer and seed")
     print()
     rows = [
         {"trainer (data path)": "ovis-train (its stream)", "samples/s": ours["samples_per_s"],
@@ -210,14 +261,16 @@ def main(argv=None) -> None:
         {"trainer (data path)": "transformers Trainer (map-style dataset, collator, workers)",
          "samples/s": hf["samples_per_s"], "peak MiB": hf["peak_mib"],
          "ovis-train speed-up": ours["samples_per_s"] / hf["samples_per_s"]},
-        {"trainer (data path)": "loop only: transformers Trainer on pre-collated batches, vs ovis-train excl. data wait",
-         "samples/s": args.batch_size / loop_only["compute_s"], "peak MiB": float("nan"),
-         "ovis-train speed-up": loop_only["compute_s"] / ours["compute_s"]},
     ]
+    if loop_only:
+        rows.append({"trainer (data path)": "loop only: transformers Trainer on pre-collated batches, vs ovis-train "
+                     "excl. data wait", "samples/s": args.batch_size / loop_only["compute_s"], "peak MiB": float("nan"),
+                     "ovis-train speed-up": loop_only["compute_s"] / ours["compute_s"]})
     print_table(rows, list(rows[0]))
     print(f"end to end: ovis-train {ours['samples_per_s'] / hf['samples_per_s']:.2f}x the Trainer's samples/s "
           f"(goal >= 1.3x); peak memory {ours['peak_mib'] / hf['peak_mib']:.2f}x; ovis-train data wait "
-          f"{ours['data_wait']:.1%} of its step")
+          f"{ours['data_wait']:.1%} of its step" + (f"; {ours['samples_per_row']:.2f} samples per packed row, "
+          f"padding {ours['padding']:.1%} of its token slots" if variable_length else ""))
     print(machine_line())
 
 

@@ -2,6 +2,7 @@
 real figures). Each benchmark starts subprocesses, so the slower ones are marked slow."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -86,6 +87,17 @@ def test_trainer_e2e_small(capsys):
     out = capsys.readouterr().out
     assert "| ovis-train (its stream) |" in out and "| transformers Trainer (map-style dataset" in out
     assert "end to end: ovis-train" in out and "attention sdpa, weights float32" in out
+
+
+@pytest.mark.slow
+def test_trainer_e2e_variable_length_packs_for_ovis_train_only(capsys):
+    from benchmarks import trainer_e2e
+
+    trainer_e2e.main(["--variable-length", "--steps", "2", "--warmup", "1", "--batch-size", "2", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "variable-length caption shards" in out and "loop only" not in out
+    per_row = float(re.search(r"; ([0-9.]+) samples per packed row", out).group(1))
+    assert per_row > 1.5  # ovis-train's rows really hold several of the mixed-length samples
 
 
 @pytest.mark.slow
