@@ -72,8 +72,8 @@ def test_demo_preset_loads_real_pretrained_parts_offline(tmp_path):
     timm_model = model.model.vision_tower.transformer.model
     assert torch.equal(timm_model.conv_stem.weight, weights["_conv_stem.weight"])
     assert torch.equal(timm_model.bn2.running_var, weights["_bn1.running_var"])
-    # 64 px -> a 2x2 feature map of 1280 channels -> 4 visual tokens
-    assert bundle.processor.image_seq_length == 4
+    # 96 px -> a 3x3 feature map of 1280 channels, merged by hidden stride 3 -> 1 visual token
+    assert bundle.processor.image_seq_length == 1
     inputs = bundle.processor(text=["<image>\nDescription:\n"], images=[Image.new("RGB", (28, 28), (200, 10, 10))],
                               return_tensors="pt")
     with torch.no_grad():
