@@ -78,7 +78,7 @@ def test_demo_preset_loads_real_pretrained_parts_offline(tmp_path):
                               return_tensors="pt")
     with torch.no_grad():
         out = model(**inputs)
-    assert out.image_outputs.last_hidden_state.shape == (1, 4, 1280)
+    assert out.image_outputs.last_hidden_state.shape == (1, 1, 9 * 1280)  # the 3x3 grid merged into one token
     # the VET's visual rows start as SmolLM2 token embeddings (vet_init=text_embeddings): the LLM's scale
     rows = model.model.visual_embeddings_table.weight[:-5].detach()
     assert bundle.config.vet_init == "text_embeddings"
