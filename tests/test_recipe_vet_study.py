@@ -29,6 +29,7 @@ def test_each_arm_differs_from_the_demo_p1_only_in_its_connector(arm, connector,
     cfg = study_config("vet_study", f"arm={arm}", "trainer.seed=2")
     m = cfg.model
     assert (m.preset, m.connector, m.tokenize_function) == ("demo", connector, function)
+    assert (m.image_size, m.hidden_stride) == (64, 1)  # the geometry the README's study figures were measured at
     if connector == "vet":
         assert (m.visual_vocab_size, m.vet_init) == (k, init)
     assert cfg.data.seed == cfg.trainer.seed == 2  # one seed: initialisation and data order
@@ -42,7 +43,8 @@ def test_p2_members_start_from_the_p1_member_with_their_arm_and_seed(monkeypatch
     cfg = study_config("vet_study_p2", "from_p1=mlp", "trainer.seed=1")
     p1_member = member_name(["arm=mlp", "trainer.seed=1"], ["arm", "trainer.seed"])
     assert cfg.init_from == str(tmp_path / "p1" / p1_member / "export")
-    assert cfg.phase.name == "demo_p2" and all(rule.trainable for rule in cfg.phase.rules)
+    assert cfg.phase.name == "demo_p2" and all(rule.trainable for rule in cfg.phase.rules)  # the LLM too, pinned
+    assert (cfg.model.image_size, cfg.model.hidden_stride) == (64, 1)
 
 
 @pytest.mark.slow
